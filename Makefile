@@ -1,0 +1,39 @@
+# Two commands for a fresh machine:  make run   |   make test
+# Everything runs on Python 3.12 (Dify's plugin runner) in ./.venv.
+
+VENV   := .venv
+PY     := $(VENV)/bin/python
+PY312  := $(shell for p in python3.12 $$HOME/.pyenv/versions/3.12*/bin/python3.12 /usr/local/bin/python3.12 /usr/bin/python3.12; do \
+            $$p -c 'import sys; sys.exit(sys.version_info[:2] != (3, 12))' >/dev/null 2>&1 && { echo $$p; break; }; done)
+
+.PHONY: run test lint typecheck unit venv clean
+
+$(VENV)/.installed: requirements.txt requirements-dev.txt
+	@test -n "$(PY312)" || { echo "Python 3.12 not found (install it, e.g. 'pyenv install 3.12')"; exit 1; }
+	$(PY312) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -r requirements.txt -r requirements-dev.txt
+	@touch $@
+
+venv: $(VENV)/.installed
+
+## make run: with a .env (copy .env.example) the plugin connects to your Dify by remote debugging;
+## without one, a local playground: the plugin under the tests' daemon emulator, you type as a WeChat user.
+run: venv
+	@if [ -f .env ]; then $(PY) -m main; else $(PY) -m tools.playground; fi
+
+lint: venv
+	$(PY) -m ruff check .
+	$(PY) -m ruff format --check .
+
+typecheck: venv
+	$(PY) -m mypy .
+
+unit: venv
+	$(PY) -m pytest -q
+
+## make test: lint, types and the whole test suite (unit + integration under the daemon emulator).
+test: lint typecheck unit
+
+clean:
+	rm -rf $(VENV) .mypy_cache .ruff_cache dist
