@@ -1,0 +1,154 @@
+"""Decides, for each delivery of a message, what WeChat gets: a reply now, a silent
+acknowledgement, or nothing yet (let WeChat deliver again).
+
+Handlers only say "answer this" or "ask the app"; this is the one place that knows about
+deliveries, deadlines and the job record (DESIGN §4). The first delivery claims the
+message and starts the app in the background of its own request; every delivery waits
+for the outcome until its deadline and replies the moment it is stored.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from enum import StrEnum
+
+from . import log_messages as msgs
+from . import timing
+from .dify_app import AppCancelled, AppError, DifyApp
+from .factory import handler_for
+from .formatters import TEXT_BUDGET_BYTES, markdown_to_wechat_text, split_text, utf8_len
+from .handlers.base import HandlerContext, Reply
+from .models import InboundMessage
+from .outbox import Outbox
+from .retry_tracker import Job, JobState, RetryTracker
+from .storage import hashed
+from .texts import EMPTY_ANSWER, MORE_HINT
+
+logger = logging.getLogger(__name__)
+
+
+class Action(StrEnum):
+    REPLY = "reply"  # passive text reply
+    ACK = "ack"  # "success": received, nothing to say, do not retry
+    RETRY = "retry"  # no answer yet: stay silent so WeChat delivers again
+
+
+@dataclass(frozen=True)
+class Decision:
+    action: Action
+    text: str = ""
+
+
+ACK = Decision(Action.ACK)
+RETRY = Decision(Action.RETRY)
+
+
+def paginate(text: str, keyword: str) -> list[str]:
+    """Split a reply into WeChat-sized parts, each leaving room for the "more" hint."""
+    reserve = utf8_len(MORE_HINT.format(keyword=keyword))
+    return split_text(text, TEXT_BUDGET_BYTES - reserve) or [EMPTY_ANSWER]
+
+
+def start_background(target: Callable[[], None]) -> None:
+    # A greenlet once the SDK has monkey-patched threading; it only lives as long as the
+    # request that started it may use the Dify session (see STORE_GUARD).
+    threading.Thread(target=target, daemon=True).start()
+
+
+class Coordinator:
+    def __init__(
+        self,
+        ctx: HandlerContext,
+        tracker: RetryTracker,
+        app: DifyApp,
+        clock: Callable[[], float] = time.time,
+        spawn: Callable[[Callable[[], None]], None] = start_background,
+    ) -> None:
+        self._ctx = ctx
+        self._tracker = tracker
+        self._app = app
+        self._clock = clock
+        self._spawn = spawn
+
+    @property
+    def _outbox(self) -> Outbox:
+        return self._ctx.outbox
+
+    def process(self, message: InboundMessage, arrived_at: float) -> Decision:
+        key = RetryTracker.job_key(message.dedupe_key)
+        existing = self._tracker.get(key)
+        if existing is not None:
+            return self._follow(existing, message, arrived_at)
+
+        outcome = handler_for(message, self._ctx).handle(message, self._ctx)
+        user = hashed(message.from_user)
+        if isinstance(outcome, Reply):
+            if outcome.text is None:
+                return ACK
+            parts = paginate(outcome.text, self._ctx.settings.fetch_keyword)
+            job = self._tracker.record_instant(key, user, parts)
+            self._outbox.track_job(message.from_user, key)
+            return self._reply_from(job, message)
+
+        job, mine = self._tracker.claim(key, user, lease_until=arrived_at + timing.STORE_GUARD)
+        if mine:
+            self._outbox.track_job(message.from_user, key)
+            query = outcome.query
+            self._spawn(lambda: self._run_app(job, message, query, arrived_at))
+        return self._follow(job, message, arrived_at)
+
+    def _follow(self, job: Job, message: InboundMessage, arrived_at: float) -> Decision:
+        settled = self._tracker.wait_settled(
+            job, until=arrived_at + timing.DELIVERY_DEADLINE, poll_interval=timing.POLL_INTERVAL
+        )
+        if settled.is_settled():
+            return self._reply_from(settled, message)
+        if settled.is_lost(self._clock()):
+            # The work that owned this message ended without an answer; it will not come.
+            logger.warning(msgs.ANSWER_LOST, _short(message))
+            return Decision(Action.REPLY, self._ctx.settings.timeout_message)
+        return RETRY
+
+    def _reply_from(self, job: Job, message: InboundMessage) -> Decision:
+        if not job.parts:
+            return ACK
+        text = job.parts[0]
+        if len(job.parts) > 1:
+            text += MORE_HINT.format(keyword=self._ctx.settings.fetch_keyword)
+            self._outbox.add_remainder(message.from_user, job.key, 1, len(job.parts))
+        return Decision(Action.REPLY, text)
+
+    def _run_app(self, job: Job, message: InboundMessage, query: str, arrived_at: float) -> None:
+        guard = arrived_at + timing.STORE_GUARD
+
+        def too_late() -> bool:
+            return self._clock() >= guard
+
+        state, reason = JobState.DONE, ""
+        try:
+            answer = self._app.ask(query, message.from_user, message.app_inputs(), too_late)
+            text = markdown_to_wechat_text(answer.text) if answer.text.strip() else ""
+            parts = paginate(text or EMPTY_ANSWER, self._ctx.settings.fetch_keyword)
+        except AppCancelled:
+            logger.info(msgs.APP_TOO_SLOW, _short(message))
+            return
+        except AppError as exc:
+            logger.warning(msgs.APP_FAILED, _short(message), message.msg_type, exc.reason)
+            state, reason, parts = JobState.FAILED, exc.reason, [self._ctx.settings.error_message]
+        except Exception as exc:
+            logger.exception(msgs.HANDLER_FAILED, _short(message))
+            state, reason = JobState.FAILED, type(exc).__name__
+            parts = [self._ctx.settings.error_message]
+        if too_late():
+            logger.info(msgs.APP_TOO_SLOW, _short(message))
+            return
+        self._tracker.settle(job, state, parts, reason)
+
+
+def _short(message: InboundMessage) -> str:
+    """A log-safe reference to a message: its hashed dedupe key."""
+    return hashed(message.dedupe_key)[:12]

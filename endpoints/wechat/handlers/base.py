@@ -1,0 +1,58 @@
+"""Handler protocol: each handler says what it handles and what to do with it.
+
+A handler either answers at once (``Reply``) or asks for the app (``AskApp``); only the
+coordinator decides when and how the answer reaches WeChat.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+
+from ..models import InboundMessage
+from ..outbox import Outbox
+from ..settings import Settings
+from ..conversations import ConversationStore
+
+
+@dataclass(frozen=True)
+class Reply:
+    """Answer now. ``text=None`` acknowledges silently (WeChat's ``success``)."""
+
+    text: str | None
+
+
+@dataclass(frozen=True)
+class AskApp:
+    """Send ``query`` to the Dify app; its answer is the reply."""
+
+    query: str
+
+
+Outcome = Reply | AskApp
+
+SILENT = Reply(None)
+
+
+@dataclass(frozen=True)
+class HandlerContext:
+    settings: Settings
+    conversations: ConversationStore
+    outbox: Outbox
+
+
+class Handler(ABC):
+    @abstractmethod
+    def matches(self, message: InboundMessage, ctx: HandlerContext) -> bool: ...
+
+    @abstractmethod
+    def handle(self, message: InboundMessage, ctx: HandlerContext) -> Outcome: ...
+
+
+class TypeHandler(Handler):
+    """Matches one message model (and its subclasses)."""
+
+    handles: tuple[type[InboundMessage], ...] = ()
+
+    def matches(self, message: InboundMessage, ctx: HandlerContext) -> bool:
+        return isinstance(message, self.handles)

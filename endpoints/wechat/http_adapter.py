@@ -1,0 +1,32 @@
+"""werkzeug ⇄ pipeline types; shared by the endpoint classes."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+from werkzeug import Request, Response
+
+from .intake import HttpReply, HttpRequest
+from .parsers import MAX_BODY_BYTES
+
+
+def to_http_request(request: Request) -> HttpRequest:
+    # Read one byte past the limit so an oversize body is recognised, not truncated.
+    body = request.stream.read(MAX_BODY_BYTES + 1) if request.method == "POST" else b""
+    return HttpRequest(
+        method=request.method,
+        query={key: request.args.get(key, "") for key in request.args},
+        body=body,
+        headers={key: value for key, value in request.headers.items()},
+    )
+
+
+def to_response(
+    reply: HttpReply,
+    clock: Callable[[], float] = time.time,
+    sleep: Callable[[float], None] = time.sleep,
+) -> Response:
+    if reply.hold_until is not None:
+        sleep(max(0.0, reply.hold_until - clock()))
+    return Response(reply.body, status=reply.status, content_type=reply.content_type)

@@ -1,0 +1,225 @@
+"""The request pipeline: verify → decrypt → parse → dedupe → handle → format → encrypt.
+
+Endpoint classes are thin adapters around ``handle_get`` and ``handle_post``; everything
+here runs without Dify (the runtime is injected), so it is tested directly.
+Docs: https://developers.weixin.qq.com/doc/subscription/guide/dev/push/encryption.html
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+
+from . import log_messages as msgs
+from . import timing
+from .conversations import ConversationStore
+from .coordinator import Action, Coordinator, Decision
+from .crypto import CryptoError, MessageCrypto, signature_matches, timestamp_is_fresh
+from .dify_app import AppCaller, DifyApp
+from .formatters import SUCCESS_BODY, text_reply_xml
+from .handlers.base import HandlerContext
+from .models import InboundMessage
+from .outbox import Outbox
+from .parsers import MAX_BODY_BYTES, XmlRefusedError, message_from_fields_checked, parse_xml_fields
+from .replay_guard import ReplayGuard
+from .retry_tracker import RetryTracker
+from .settings import Settings
+from .status_page import render_status_page
+from .storage import EndpointStore, KeyValueStore
+
+logger = logging.getLogger(__name__)
+
+XML = "application/xml; charset=utf-8"
+TEXT = "text/plain; charset=utf-8"
+HTML = "text/html; charset=utf-8"
+
+_WECHAT_GET_PARAMS = ("signature", "timestamp", "nonce", "echostr", "msg_signature")
+
+
+@dataclass(frozen=True)
+class HttpRequest:
+    method: str
+    query: Mapping[str, str]
+    body: bytes
+    headers: Mapping[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class HttpReply:
+    status: int
+    body: str
+    content_type: str = TEXT
+    #: Keep the connection open until this clock time before answering (let WeChat retry).
+    hold_until: float | None = None
+
+
+@dataclass(frozen=True)
+class Runtime:
+    """What the pipeline needs from Dify, injected by the endpoint (fakes in tests)."""
+
+    storage: KeyValueStore
+    endpoint_id: str
+    app_caller: AppCaller
+    clock: Callable[[], float] = time.time
+
+
+class Refused(Exception):
+    def __init__(self, status: int, reason: str) -> None:
+        super().__init__(reason)
+        self.status = status
+        self.reason = reason
+
+
+_logged_once: set[str] = set()
+
+
+def _log_once(text: str, *args: object) -> None:
+    key = text % args if args else text
+    if key not in _logged_once:
+        _logged_once.add(key)
+        logger.warning(text, *args)
+
+
+# --- GET: URL verification and status page ------------------------------------------------
+
+
+def handle_get(request: HttpRequest, settings: Settings, endpoint_url: str) -> HttpReply:
+    if not any(name in request.query for name in _WECHAT_GET_PARAMS):
+        return HttpReply(200, render_status_page(settings, endpoint_url), HTML)
+    signature = request.query.get("signature", "")
+    timestamp = request.query.get("timestamp", "")
+    nonce = request.query.get("nonce", "")
+    echostr = request.query.get("echostr", "")
+    if not settings.token:
+        _log_once(msgs.NOT_CONFIGURED, "the Token is missing")
+        return _refuse("GET", 403, "no Token configured")
+    if not (signature and timestamp and nonce and echostr):
+        return _refuse("GET", 403, "missing verification parameters")
+    if not signature_matches(signature, settings.token, timestamp, nonce):
+        return _refuse("GET", 403, "signature mismatch (is the Token the same as in the console?)")
+    return HttpReply(200, echostr, TEXT)
+
+
+def _refuse(method: str, status: int, reason: str) -> HttpReply:
+    logger.warning(msgs.REFUSED_REQUEST, method, reason)
+    return HttpReply(status, "forbidden" if status == 403 else "bad request", TEXT)
+
+
+# --- POST: message intake -----------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _Verified:
+    message: InboundMessage
+    crypto: MessageCrypto | None  # set when the request was encrypted: reply encrypted too
+    nonce: str
+    signature: str
+
+
+def handle_post(request: HttpRequest, settings: Settings, runtime: Runtime) -> HttpReply:
+    arrived_at = runtime.clock()
+    try:
+        verified = _verify_and_parse(request, settings, arrived_at)
+    except Refused as refusal:
+        return _refuse("POST", refusal.status, refusal.reason)
+
+    store = EndpointStore(runtime.storage, runtime.endpoint_id)
+    guard = ReplayGuard(store, settings.timestamp_tolerance, runtime.clock)
+    if not guard.admit(verified.signature, verified.message.dedupe_key):
+        return _refuse("POST", 403, "replayed signature with a different message")
+
+    message = verified.message
+    logger.debug(msgs.MESSAGE_RECEIVED, message.msg_type, message.dedupe_key)
+    tracker = RetryTracker(store, runtime.clock)
+    conversations = ConversationStore(store, runtime.clock)
+    ctx = HandlerContext(settings, conversations, Outbox(store, tracker, runtime.clock))
+    app = DifyApp(runtime.app_caller, settings.dify_app_id, settings.dify_app_inputs, conversations)
+    decision = Coordinator(ctx, tracker, app, runtime.clock).process(message, arrived_at)
+    return _render(decision, verified, settings, runtime.clock, arrived_at)
+
+
+def _verify_and_parse(request: HttpRequest, settings: Settings, now: float) -> _Verified:
+    if not settings.can_verify:
+        _log_once(msgs.NOT_CONFIGURED, "the Token is missing")
+        raise Refused(403, "no Token configured")
+    if len(request.body) > MAX_BODY_BYTES:
+        raise Refused(413, "body too large")
+    query = request.query
+    signature = query.get("signature", "")
+    timestamp = query.get("timestamp", "")
+    nonce = query.get("nonce", "")
+    if not (signature and timestamp and nonce):
+        raise Refused(403, "missing signature parameters")
+    if not timestamp_is_fresh(timestamp, now, settings.timestamp_tolerance):
+        raise Refused(403, "timestamp outside the accepted window (check the server clock)")
+    if not signature_matches(signature, settings.token, timestamp, nonce):
+        raise Refused(403, "signature mismatch (is the Token the same as in the console?)")
+
+    try:
+        fields = parse_xml_fields(request.body)
+    except XmlRefusedError as exc:
+        raise Refused(413 if exc.reason == "body too large" else 400, exc.reason) from exc
+
+    encrypt_type = query.get("encrypt_type", "").lower()
+    crypto: MessageCrypto | None = None
+    replay_signature = signature
+    if encrypt_type == "aes":
+        if not settings.encrypted_mode_available:
+            _log_once(msgs.ENCRYPTED_WITHOUT_KEY)
+            raise Refused(403, "encrypted message but no valid EncodingAESKey configured")
+        msg_signature = query.get("msg_signature", "")
+        encrypted = fields.get("Encrypt")
+        if not msg_signature:
+            raise Refused(403, "missing msg_signature")
+        if not isinstance(encrypted, str) or not encrypted:
+            raise Refused(400, "encrypted message without an Encrypt element")
+        crypto = MessageCrypto(settings.token, settings.encoding_aes_key, settings.app_id)
+        try:
+            plaintext = crypto.decrypt_message(msg_signature, timestamp, nonce, encrypted)
+        except CryptoError as exc:
+            raise Refused(403, f"decryption refused ({type(exc).__name__})") from exc
+        try:
+            fields = parse_xml_fields(plaintext)
+        except XmlRefusedError as exc:
+            raise Refused(400, f"decrypted body: {exc.reason}") from exc
+        replay_signature = msg_signature
+    elif encrypt_type not in ("", "raw"):
+        raise Refused(400, "unknown encrypt_type")
+    elif settings.encoding_aes_key:
+        # A key is configured, so the account runs in compatible or safe mode: a plaintext
+        # request here would silently switch encryption off.
+        _log_once(msgs.PLAINTEXT_WITH_KEY)
+        raise Refused(403, "plaintext message while an EncodingAESKey is configured")
+
+    try:
+        message = message_from_fields_checked(fields)
+    except XmlRefusedError as exc:
+        raise Refused(400, exc.reason) from exc
+    return _Verified(message, crypto, nonce, replay_signature)
+
+
+def _render(
+    decision: Decision,
+    verified: _Verified,
+    settings: Settings,
+    clock: Callable[[], float],
+    arrived_at: float,
+) -> HttpReply:
+    if decision.action is Action.RETRY:
+        # Only "no response within 5 s" is a documented retry trigger: say nothing and keep
+        # the connection until WeChat has hung up.
+        return HttpReply(503, "", TEXT, hold_until=arrived_at + timing.HOLD_UNTIL)
+    if decision.action is Action.ACK:
+        return HttpReply(200, SUCCESS_BODY, TEXT)  # never encrypted
+    message = verified.message
+    now = int(clock())
+    xml = text_reply_xml(message.from_user, message.to_user, decision.text, now)
+    if verified.crypto is not None:
+        xml = verified.crypto.encrypt_reply(xml, str(now), verified.nonce)
+    return HttpReply(200, xml, XML)
+
+
+def log_internal_error(method: str) -> None:
+    logger.exception(msgs.INTERNAL_ERROR, method)

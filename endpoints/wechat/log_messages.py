@@ -1,0 +1,23 @@
+"""Every log text of the plugin, in one place, checked once for what they may contain.
+
+Rules: no token, EncodingAESKey, AppSecret, access token or URL with a query string; no
+message content at INFO or above (only types, hashed ids and reasons).
+"""
+
+REFUSED_REQUEST = "Refused a WeChat %s request: %s"
+NOT_CONFIGURED = "Endpoint is not configured: %s. Open the endpoint URL in a browser for details."
+PLAINTEXT_WITH_KEY = (
+    "WeChat sent a plaintext message but an EncodingAESKey is configured: refused. Set the "
+    "console's 消息加解密方式 to 安全模式 (safe) or clear the EncodingAESKey setting."
+)
+ENCRYPTED_WITHOUT_KEY = (
+    "WeChat sent an encrypted message but no valid EncodingAESKey is configured: refused. "
+    "Copy the EncodingAESKey from the WeChat console into the endpoint settings."
+)
+APP_FAILED = "Dify app call failed for message %s (%s): %s"
+APP_TOO_SLOW = "Dify app answered after the reply window of message %s; the answer was dropped"
+ANSWER_LOST = "No answer for message %s within WeChat's deliveries; sent the too-slow reply"
+MESSAGE_RECEIVED = "Received %s message %s"
+REPLIED = "Replied to message %s (%s, %d part(s))"
+HANDLER_FAILED = "Handling message %s failed unexpectedly"
+INTERNAL_ERROR = "Unexpected error while handling a WeChat %s request"

@@ -1,0 +1,185 @@
+"""State of each inbound message across WeChat's repeated deliveries.
+
+WeChat delivers a message up to three times (same MsgId, or FromUserName + CreateTime for
+events). The first delivery *claims* the message by writing a job record; later
+deliveries, in this process or another, find the record and wait for its outcome instead
+of starting the app again (one app invocation per message). The record lives in storage;
+process memory only holds wake-up signals for deliveries waiting in the same process.
+
+A job record has a single writer at a time: the claimer writes it once, then only the
+work that owns it writes the outcome. Deliveries never write it.
+"""
+
+from __future__ import annotations
+
+import secrets
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field, replace
+from enum import StrEnum
+from typing import Any
+
+from .storage import EndpointStore, hashed
+
+_KIND = "job"
+
+
+class JobState(StrEnum):
+    """Lifecycle of a message's work. RUNNING past ``lease_until`` means the work died."""
+
+    RUNNING = "running"  # claimed; the owner may still store an outcome until lease_until
+    DONE = "done"  # reply parts stored (an empty list means "acknowledge silently")
+    FAILED = "failed"  # the app failed; parts hold the friendly error text
+
+
+@dataclass(frozen=True)
+class Job:
+    key: str  # hashed dedupe key
+    state: JobState
+    owner: str
+    created_at: float
+    lease_until: float
+    user: str  # hashed OpenID
+    parts: list[str] = field(default_factory=list)
+    reason: str = ""  # why it failed, for logs (no content, no secrets)
+
+    def is_settled(self) -> bool:
+        return self.state is not JobState.RUNNING
+
+    def is_lost(self, now: float) -> bool:
+        return self.state is JobState.RUNNING and now > self.lease_until
+
+    def to_record(self) -> dict[str, Any]:
+        record = asdict(self)
+        record["state"] = self.state.value
+        record["v"] = 1
+        return record
+
+    @classmethod
+    def from_record(cls, record: dict[str, Any]) -> Job | None:
+        try:
+            return cls(
+                key=str(record["key"]),
+                state=JobState(record["state"]),
+                owner=str(record["owner"]),
+                created_at=float(record["created_at"]),
+                lease_until=float(record["lease_until"]),
+                user=str(record.get("user", "")),
+                parts=[str(p) for p in record.get("parts", [])],
+                reason=str(record.get("reason", "")),
+            )
+        except (KeyError, ValueError, TypeError):
+            return None
+
+
+class LocalSignals:
+    """Wake-ups for deliveries waiting in this process (threading.Event is a gevent
+    primitive once the SDK has monkey-patched the process)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._events: dict[str, threading.Event] = {}
+
+    def event_for(self, key: str) -> threading.Event:
+        with self._lock:
+            event = self._events.get(key)
+            if event is None:
+                event = self._events[key] = threading.Event()
+            return event
+
+    def fire(self, key: str) -> None:
+        with self._lock:
+            event = self._events.pop(key, None)
+        if event is not None:
+            event.set()
+
+    def discard(self, key: str) -> None:
+        with self._lock:
+            self._events.pop(key, None)
+
+
+SIGNALS = LocalSignals()
+
+
+class RetryTracker:
+    def __init__(
+        self,
+        store: EndpointStore,
+        clock: Callable[[], float] = time.time,
+        signals: LocalSignals = SIGNALS,
+    ) -> None:
+        self._store = store
+        self._clock = clock
+        self._signals = signals
+
+    @staticmethod
+    def job_key(dedupe_key: str) -> str:
+        return hashed(dedupe_key)
+
+    def get(self, key: str) -> Job | None:
+        record = self._store.load(_KIND, key)
+        return Job.from_record(record) if record else None
+
+    def claim(self, key: str, user: str, lease_until: float) -> tuple[Job, bool]:
+        """Write a RUNNING job and read it back: storage has no compare-and-set, so two
+        deliveries racing on one message both write, and the read-back decides who won."""
+        job = Job(
+            key=key,
+            state=JobState.RUNNING,
+            owner=secrets.token_hex(8),
+            created_at=self._clock(),
+            lease_until=lease_until,
+            user=user,
+        )
+        self._store.save(_KIND, key, job.to_record())
+        stored = self.get(key)
+        if stored is None:
+            return job, True
+        return stored, stored.owner == job.owner
+
+    def settle(self, job: Job, state: JobState, parts: list[str], reason: str = "") -> Job:
+        """Store the outcome of a job this caller owns and wake local waiters."""
+        settled = replace(job, state=state, parts=parts, reason=reason)
+        self._store.save(_KIND, job.key, settled.to_record())
+        self._signals.fire(job.key)
+        return settled
+
+    def record_instant(self, key: str, user: str, parts: list[str]) -> Job:
+        """An outcome known at once (command, welcome…): stored so retries repeat it."""
+        now = self._clock()
+        job = Job(
+            key=key,
+            state=JobState.DONE,
+            owner="instant",
+            created_at=now,
+            lease_until=now,
+            user=user,
+            parts=parts,
+        )
+        self._store.save(_KIND, key, job.to_record())
+        return job
+
+    def remove(self, key: str) -> None:
+        self._store.remove(_KIND, key)
+
+    def wait_settled(self, job: Job, until: float, poll_interval: float) -> Job:
+        """Wait for ``job`` to settle, until the absolute time ``until`` (clock seconds).
+
+        Woken at once by a local signal when the work runs in this process; otherwise
+        polls storage every ``poll_interval`` seconds. Stops early once the job is lost.
+        """
+        event = self._signals.event_for(job.key)
+        current = job
+        try:
+            while True:
+                now = self._clock()
+                if current.is_settled() or current.is_lost(now) or now >= until:
+                    return current
+                event.wait(timeout=max(0.0, min(poll_interval, until - now)))
+                fresh = self.get(job.key)
+                if fresh is not None:
+                    current = fresh
+        finally:
+            if current.is_settled():
+                self._signals.discard(job.key)

@@ -1,0 +1,231 @@
+"""The endpoint's settings form (group/wechat.yaml), read once per request.
+
+Reading never raises: a malformed value falls back to its default and is reported as a
+``SettingProblem`` that the status page and the log show. Secret values never appear in
+a problem's text.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Any
+from urllib.parse import urlsplit
+
+from .crypto import InvalidAESKeyError, validate_encoding_aes_key
+
+DEFAULT_API_BASE_URL = "https://api.weixin.qq.com"
+DEFAULT_TIMESTAMP_TOLERANCE = 300
+
+DEFAULT_TEXTS = {
+    "welcome_message": "感谢关注！我是 AI 助手，直接发消息就能和我对话。发送 /help 查看可用指令。",
+    "error_message": "抱歉，AI 助手暂时出了点问题，请稍后再试。",
+    "timeout_message": "抱歉，这个问题我需要想得久一点，没能及时回复。请稍后再问我一次。",
+    "unsupported_message": "暂时只能处理文字、图片、语音、链接和位置消息，请换一种方式告诉我吧。",
+    "voice_fallback_message": "抱歉，这条语音我没听清，请发文字给我吧。",
+}
+
+_TOKEN_RE = re.compile(r"^[A-Za-z0-9]{3,32}$")
+_APP_ID_RE = re.compile(r"^wx[0-9a-zA-Z]{16}$")
+
+
+class ClickEventMode(StrEnum):
+    """What a CLICK menu event does (setting ``click_event_mode``)."""
+
+    QUERY = "query"  # the menu key is sent to the app as the question
+    IGNORE = "ignore"  # acknowledged silently
+
+
+@dataclass(frozen=True)
+class SettingProblem:
+    """A setting that is missing or malformed; ``fatal`` ones stop message intake."""
+
+    setting: str
+    message_en: str
+    message_zh: str
+    fatal: bool = False
+
+
+@dataclass(frozen=True)
+class Settings:
+    dify_app_id: str
+    dify_app_inputs: Mapping[str, Any]
+    token: str
+    app_id: str
+    encoding_aes_key: str
+    app_secret: str
+    api_base_url: str
+    welcome_message: str
+    error_message: str
+    timeout_message: str
+    unsupported_message: str
+    voice_fallback_message: str
+    click_event_mode: ClickEventMode
+    fetch_keyword: str
+    timestamp_tolerance: int
+    problems: tuple[SettingProblem, ...] = field(default=())
+
+    @property
+    def encrypted_mode_available(self) -> bool:
+        return bool(self.encoding_aes_key) and not any(
+            p.setting == "encoding_aes_key" for p in self.problems
+        )
+
+    @property
+    def can_verify(self) -> bool:
+        return bool(self.token)
+
+
+def _text(raw: Mapping[str, Any], name: str, default: str = "") -> str:
+    value = raw.get(name)
+    if value is None:
+        return default
+    return str(value).strip()
+
+
+def normalize_api_base_url(value: str) -> str | None:
+    """``api.example.com`` → ``https://api.example.com``; None when unusable."""
+    value = value.strip().rstrip("/")
+    if not value:
+        return DEFAULT_API_BASE_URL
+    if "://" not in value:
+        value = "https://" + value
+    parts = urlsplit(value)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        return None
+    if parts.query or parts.fragment or parts.username or parts.password:
+        return None
+    return value
+
+
+def load_settings(raw: Mapping[str, Any]) -> Settings:
+    problems: list[SettingProblem] = []
+
+    app = raw.get("app")
+    dify_app_id = ""
+    dify_inputs: Mapping[str, Any] = {}
+    if isinstance(app, Mapping):
+        dify_app_id = str(app.get("app_id") or "")
+        inputs = app.get("inputs")
+        if isinstance(inputs, Mapping):
+            dify_inputs = dict(inputs)
+    elif isinstance(app, str):
+        dify_app_id = app
+    if not dify_app_id:
+        problems.append(
+            SettingProblem(
+                "app",
+                "No Dify app is selected.",
+                "尚未选择 Dify 应用。",
+                fatal=False,
+            )
+        )
+
+    token = _text(raw, "wechat_token")
+    if not token:
+        problems.append(
+            SettingProblem(
+                "wechat_token",
+                "The Token is missing; no request can be verified.",
+                "缺少 Token，无法校验任何请求。",
+                fatal=True,
+            )
+        )
+    elif not _TOKEN_RE.match(token):
+        problems.append(
+            SettingProblem(
+                "wechat_token",
+                "The Token should be 3-32 letters or digits, as in the WeChat console.",
+                "Token 应为 3-32 位字母或数字，与公众号后台一致。",
+            )
+        )
+
+    app_id = _text(raw, "app_id")
+    if not app_id:
+        problems.append(
+            SettingProblem(
+                "app_id",
+                "The AppID is missing; encrypted messages cannot be checked.",
+                "缺少 AppID，无法校验加密消息。",
+            )
+        )
+    elif not _APP_ID_RE.match(app_id):
+        problems.append(
+            SettingProblem(
+                "app_id",
+                "The AppID looks wrong: it starts with 'wx' followed by 16 characters.",
+                "AppID 格式不对：应为 wx 开头加 16 位字符。",
+            )
+        )
+
+    aes_key = _text(raw, "encoding_aes_key")
+    if aes_key:
+        try:
+            validate_encoding_aes_key(aes_key)
+        except InvalidAESKeyError:
+            problems.append(
+                SettingProblem(
+                    "encoding_aes_key",
+                    "The EncodingAESKey must be exactly 43 letters or digits.",
+                    "EncodingAESKey 必须是 43 位字母或数字。",
+                )
+            )
+
+    api_base = normalize_api_base_url(_text(raw, "wechat_api_base_url"))
+    if api_base is None:
+        problems.append(
+            SettingProblem(
+                "wechat_api_base_url",
+                "The WeChat API base URL is not a valid http(s) URL; using the default.",
+                "微信接口地址不是有效的 http(s) 地址，已使用默认值。",
+            )
+        )
+        api_base = DEFAULT_API_BASE_URL
+
+    tolerance = DEFAULT_TIMESTAMP_TOLERANCE
+    tolerance_text = _text(raw, "timestamp_tolerance")
+    if tolerance_text:
+        try:
+            tolerance = int(float(tolerance_text))
+            if not 10 <= tolerance <= 86400:
+                raise ValueError(tolerance_text)
+        except ValueError:
+            tolerance = DEFAULT_TIMESTAMP_TOLERANCE
+            problems.append(
+                SettingProblem(
+                    "timestamp_tolerance",
+                    "The timestamp tolerance must be a number of seconds (10-86400); using 300.",
+                    "时间戳容差必须是 10-86400 之间的秒数，已使用 300。",
+                )
+            )
+
+    mode_text = _text(raw, "click_event_mode", ClickEventMode.QUERY.value)
+    try:
+        click_mode = ClickEventMode(mode_text or ClickEventMode.QUERY.value)
+    except ValueError:
+        click_mode = ClickEventMode.QUERY
+
+    texts = {name: _text(raw, name, default) for name, default in DEFAULT_TEXTS.items()}
+    # An explicitly emptied welcome means "say nothing"; other texts fall back to defaults.
+    for name in ("error_message", "timeout_message", "unsupported_message"):
+        texts[name] = texts[name] or DEFAULT_TEXTS[name]
+    texts["voice_fallback_message"] = (
+        texts["voice_fallback_message"] or DEFAULT_TEXTS["voice_fallback_message"]
+    )
+
+    return Settings(
+        dify_app_id=dify_app_id,
+        dify_app_inputs=dify_inputs,
+        token=token,
+        app_id=app_id,
+        encoding_aes_key=aes_key,
+        app_secret=_text(raw, "app_secret"),
+        api_base_url=api_base,
+        click_event_mode=click_mode,
+        fetch_keyword=_text(raw, "fetch_keyword", "1") or "1",
+        timestamp_tolerance=tolerance,
+        problems=tuple(problems),
+        **texts,
+    )

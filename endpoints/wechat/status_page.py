@@ -1,0 +1,101 @@
+"""The page a browser sees at the endpoint URL: is it live, is it configured, what goes
+where in the WeChat console. It shows which settings are set, never their values."""
+
+from __future__ import annotations
+
+from html import escape
+from urllib.parse import urlsplit, urlunsplit
+
+from .settings import Settings
+
+
+def public_endpoint_url(hook_url: str) -> str:
+    """The URL to paste into WeChat: Dify's hook URL without query or fragment."""
+    if not hook_url:
+        return ""
+    parts = urlsplit(hook_url)
+    return urlunsplit((parts.scheme, parts.netloc, parts.path, "", ""))
+
+
+def _row(ok: bool | None, name: str, text_en: str, text_zh: str) -> str:
+    mark = {True: "✅", False: "❌", None: "⚠️"}[ok]
+    return (
+        f"<tr><td>{mark}</td><td><code>{escape(name)}</code></td>"
+        f"<td>{escape(text_en)}<br><span class=zh>{escape(text_zh)}</span></td></tr>"
+    )
+
+
+def render_status_page(settings: Settings, endpoint_url: str) -> str:
+    url = public_endpoint_url(endpoint_url)
+    problems = {p.setting: p for p in settings.problems}
+    rows: list[str] = []
+
+    def check(name: str, ok_en: str, ok_zh: str, optional_missing: tuple[str, str] | None = None):
+        problem = problems.get(name)
+        if problem is not None:
+            rows.append(_row(False, name, problem.message_en, problem.message_zh))
+        elif optional_missing is not None:
+            rows.append(_row(None, name, *optional_missing))
+        else:
+            rows.append(_row(True, name, ok_en, ok_zh))
+
+    check("app", "A Dify app is selected.", "已选择 Dify 应用。")
+    check("wechat_token", "Token is set.", "已设置 Token。")
+    check("app_id", "AppID is set.", "已设置 AppID。")
+    check(
+        "encoding_aes_key",
+        "EncodingAESKey is set: use 安全模式 (safe) in the console.",
+        "已设置 EncodingAESKey：后台请选择「安全模式」。",
+        None
+        if settings.encoding_aes_key
+        else (
+            "Not set: only 明文模式 (plain) works. Set it to use safe mode.",
+            "未设置：只能使用明文模式。设置后可使用安全模式。",
+        ),
+    )
+    check(
+        "app_secret",
+        "AppSecret is set.",
+        "已设置 AppSecret。",
+        None
+        if settings.app_secret
+        else ("Not set (optional).", "未设置（可选）。"),
+    )
+    check("wechat_api_base_url", "WeChat API base URL is valid.", "微信接口地址有效。")
+    check("timestamp_tolerance", "Timestamp tolerance is valid.", "时间戳容差有效。")
+
+    ready = not any(p.fatal for p in settings.problems) and "app" not in problems
+    headline = (
+        "Endpoint is live and ready for WeChat. / 接口已就绪。"
+        if ready
+        else "Endpoint is live, but the settings need attention. / 接口在线，但配置需要修改。"
+    )
+    mode = "安全模式 (safe)" if settings.encoding_aes_key else "明文模式 (plain)"
+    return f"""<!doctype html>
+<html lang="zh-CN"><head><meta charset="utf-8">
+<meta name="viewport" content="width=device-width, initial-scale=1">
+<meta name="robots" content="noindex">
+<title>WeChat ⇄ Dify endpoint</title>
+<style>
+body{{font-family:-apple-system,system-ui,sans-serif;max-width:760px;margin:2em auto;padding:0 1em;
+color:#222;line-height:1.5}}
+table{{border-collapse:collapse;width:100%}}td{{border-bottom:1px solid #eee;padding:.4em;
+vertical-align:top}}code{{background:#f4f4f4;padding:0 .3em;border-radius:3px}}
+.zh{{color:#555}}h1{{font-size:1.3em}}h2{{font-size:1.1em;margin-top:1.5em}}
+</style></head><body>
+<h1>WeChat ⇄ Dify</h1>
+<p><strong>{escape(headline)}</strong></p>
+<h2>Settings / 配置检查</h2>
+<table>{"".join(rows)}</table>
+<h2>WeChat console / 公众号后台（设置与开发 → 基本配置 → 服务器配置）</h2>
+<ol>
+<li>服务器地址(URL) / Server URL: <code>{escape(url) or "(this page's URL without the query)"}</code>
+ — must be reachable from the internet on port 80 or 443 (WeChat calls no other port).</li>
+<li>令牌(Token): the same value as the <code>wechat_token</code> setting.</li>
+<li>消息加解密密钥(EncodingAESKey): the same value as the <code>encoding_aes_key</code> setting.</li>
+<li>消息加解密方式: {escape(mode)}.</li>
+<li>Submit, then 启用 (enable) the server configuration.</li>
+</ol>
+<p class=zh>If WeChat says 「该公众号暂时无法提供服务」, see the README's troubleshooting section.</p>
+</body></html>
+"""

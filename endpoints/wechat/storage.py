@@ -1,0 +1,68 @@
+"""State that must outlive a request lives in Dify's plugin storage, behind this interface.
+
+Dify's storage (``session.storage``) holds bytes, has no TTL and no atomic operations,
+and is shared by every endpoint of the plugin in a workspace and by every plugin process
+(reference/dify-plugin-runtime.md §6). So keys are namespaced by endpoint and hashed
+where they contain user ids, and values are JSON records carrying their own timestamps.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from typing import Any, Protocol
+
+logger = logging.getLogger(__name__)
+
+
+class KeyValueStore(Protocol):
+    """The subset of ``session.storage`` we use."""
+
+    def get(self, key: str) -> bytes: ...  # raises when the key is missing
+
+    def set(self, key: str, val: bytes) -> None: ...
+
+    def delete(self, key: str) -> None: ...
+
+
+def hashed(value: str) -> str:
+    """Stable, non-reversible id for user ids and message ids inside keys."""
+    return hashlib.sha256(value.encode("utf-8")).hexdigest()[:32]
+
+
+class EndpointStore:
+    """JSON records under ``wx/<endpoint>/<kind>/<id>``; misses are ``None``, not errors."""
+
+    def __init__(self, backend: KeyValueStore, endpoint_id: str) -> None:
+        self._backend = backend
+        # Endpoint ids are UUIDs; hash anything else so the key stays within Dify's rules.
+        safe = endpoint_id if endpoint_id.replace("-", "").isalnum() else hashed(endpoint_id)
+        self._prefix = f"wx/{safe or 'default'}"
+
+    def key(self, kind: str, ident: str) -> str:
+        return f"{self._prefix}/{kind}/{ident}"
+
+    def load(self, kind: str, ident: str) -> dict[str, Any] | None:
+        try:
+            raw = self._backend.get(self.key(kind, ident))
+        except Exception:  # a missing key raises by design: not worth a warning
+            return None
+        if not raw:
+            return None
+        try:
+            value = json.loads(raw)
+        except ValueError:
+            logger.warning("Ignoring a corrupt storage record of kind %s", kind)
+            return None
+        return value if isinstance(value, dict) else None
+
+    def save(self, kind: str, ident: str, record: dict[str, Any]) -> None:
+        payload = json.dumps(record, ensure_ascii=False, separators=(",", ":"))
+        self._backend.set(self.key(kind, ident), payload.encode("utf-8"))
+
+    def remove(self, kind: str, ident: str) -> None:
+        try:
+            self._backend.delete(self.key(kind, ident))
+        except Exception:
+            logger.debug("Deleting a storage record of kind %s failed", kind, exc_info=True)

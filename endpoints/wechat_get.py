@@ -1,0 +1,23 @@
+"""GET /wechat: WeChat's server-URL verification, or a status page for a browser."""
+
+from collections.abc import Mapping
+from typing import Any
+
+from dify_plugin import Endpoint
+from werkzeug import Request, Response
+
+from endpoints.wechat.http_adapter import to_http_request, to_response
+from endpoints.wechat.intake import HttpReply, handle_get, log_internal_error
+from endpoints.wechat.settings import load_settings
+
+
+class WeChatGetEndpoint(Endpoint):
+    def _invoke(self, r: Request, values: Mapping[str, Any], settings: Mapping[str, Any]) -> Response:
+        try:
+            reply = handle_get(
+                to_http_request(r), load_settings(settings), r.headers.get("Dify-Hook-Url", "")
+            )
+        except Exception:  # never let the SDK turn an exception into a 404/500 with its text
+            log_internal_error("GET")
+            reply = HttpReply(500, "internal error")
+        return to_response(reply)

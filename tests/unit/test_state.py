@@ -1,0 +1,145 @@
+"""Job records, the per-user outbox and the replay guard, on in-memory storage."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+from endpoints.wechat.outbox import JOB_RETENTION_SECONDS, Outbox
+from endpoints.wechat.replay_guard import ReplayGuard
+from endpoints.wechat.retry_tracker import JobState, LocalSignals, RetryTracker
+from endpoints.wechat.storage import EndpointStore
+from tests.fakes import FakeClock, MemoryStorage
+
+
+def store(storage: MemoryStorage | None = None, endpoint: str = "ep-1") -> EndpointStore:
+    return EndpointStore(storage or MemoryStorage(), endpoint)
+
+
+def test_keys_are_namespaced_and_hash_user_ids() -> None:
+    storage = MemoryStorage()
+    s = store(storage)
+    Outbox(s, RetryTracker(s)).track_job("oOPENID-secret", "job1")
+    assert all(k.startswith("wx/ep-1/") for k in storage.data)
+    assert not any("oOPENID" in k for k in storage.data)
+
+
+def test_endpoints_do_not_share_state() -> None:
+    storage = MemoryStorage()
+    a, b = RetryTracker(store(storage, "ep-a")), RetryTracker(store(storage, "ep-b"))
+    a.claim("k", "u", lease_until=time.time() + 5)
+    assert a.get("k") is not None and b.get("k") is None
+
+
+def test_claim_read_back_decides_the_winner() -> None:
+    storage = MemoryStorage()
+    first = RetryTracker(store(storage))
+    second = RetryTracker(store(storage))
+    job1, mine1 = first.claim("k", "u", time.time() + 5)
+    job2, mine2 = second.claim("k", "u", time.time() + 5)
+    assert mine1 and mine2  # sequential claims: the later write wins the read-back
+    assert first.get("k") == job2
+    # a claimer whose write was overwritten before its read-back loses
+    original_get = storage.get
+
+    def racing_get(key: str) -> bytes:
+        storage.get = original_get  # type: ignore[method-assign]
+        RetryTracker(store(storage)).claim("k2", "u", time.time() + 5)
+        return original_get(key)
+
+    storage.get = racing_get  # type: ignore[method-assign]
+    _, mine = first.claim("k2", "u", time.time() + 5)
+    assert not mine
+
+
+def test_wait_settled_wakes_on_local_signal() -> None:
+    signals = LocalSignals()
+    tracker = RetryTracker(store(), signals=signals)
+    job, _ = tracker.claim("k", "u", time.time() + 5)
+    timer = threading.Timer(0.1, lambda: tracker.settle(job, JobState.DONE, ["answer"]))
+    timer.start()
+    started = time.monotonic()
+    settled = tracker.wait_settled(job, until=time.time() + 3, poll_interval=10)
+    assert settled.state is JobState.DONE and settled.parts == ["answer"]
+    assert time.monotonic() - started < 1.0  # woken, not polled (poll interval is 10 s)
+
+
+def test_wait_settled_polls_storage_for_other_processes() -> None:
+    storage = MemoryStorage()
+    waiter = RetryTracker(store(storage), signals=LocalSignals())
+    worker = RetryTracker(store(storage), signals=LocalSignals())
+    job, _ = worker.claim("k", "u", time.time() + 5)
+    threading.Timer(0.1, lambda: worker.settle(job, JobState.FAILED, ["sorry"])).start()
+    settled = waiter.wait_settled(job, until=time.time() + 3, poll_interval=0.05)
+    assert settled.state is JobState.FAILED
+
+
+def test_wait_returns_at_deadline_or_when_lost() -> None:
+    tracker = RetryTracker(store())
+    job, _ = tracker.claim("k", "u", lease_until=time.time() + 10)
+    started = time.monotonic()
+    assert tracker.wait_settled(job, until=time.time() + 0.2, poll_interval=0.05).state is (
+        JobState.RUNNING
+    )
+    assert 0.15 < time.monotonic() - started < 1.0
+    lost, _ = tracker.claim("k2", "u", lease_until=time.time() - 1)
+    assert lost.is_lost(time.time())
+    assert tracker.wait_settled(lost, until=time.time() + 5, poll_interval=0.05) == lost
+
+
+def test_outbox_serves_oldest_answer_first_and_expires() -> None:
+    clock = FakeClock()
+    s = store()
+    tracker = RetryTracker(s, clock)
+    outbox = Outbox(s, tracker, clock, retention=100)
+    for key, parts in (("a", ["a0", "a1", "a2"]), ("b", ["b0", "b1"])):
+        job, _ = tracker.claim(key, "u", clock() + 5)
+        tracker.settle(job, JobState.DONE, parts)
+        outbox.track_job("user", key)
+        outbox.add_remainder("user", key, 1, len(parts))
+        outbox.add_remainder("user", key, 1, len(parts))  # a retried delivery adds nothing
+    assert outbox.take_next("user") == ("a1", True)
+    assert outbox.take_next("user") == ("a2", True)
+    assert outbox.take_next("user") == ("b1", False)
+    assert outbox.take_next("user") is None
+    assert not outbox.has_pending("user")
+
+    job, _ = tracker.claim("c", "u", clock() + 5)
+    tracker.settle(job, JobState.DONE, ["c0", "c1"])
+    outbox.add_remainder("user", "c", 1, 2)
+    assert outbox.has_pending("user")
+    clock.advance(101)
+    assert not outbox.has_pending("user")
+    assert outbox.take_next("user") is None
+
+
+def test_old_jobs_are_cleaned_up_lazily() -> None:
+    clock = FakeClock()
+    storage = MemoryStorage()
+    s = store(storage)
+    tracker = RetryTracker(s, clock)
+    outbox = Outbox(s, tracker, clock)
+    tracker.record_instant("old", "u", ["x"])
+    outbox.track_job("user", "old")
+    kept, _ = tracker.claim("kept", "u", clock() + 5)
+    tracker.settle(kept, JobState.DONE, ["k0", "k1"])
+    outbox.track_job("user", "kept")
+    outbox.add_remainder("user", "kept", 1, 2)
+    clock.advance(JOB_RETENTION_SECONDS + 1)
+    outbox.track_job("user", "new")
+    assert tracker.get("old") is None
+    assert tracker.get("kept") is not None  # still has a part waiting
+    outbox.forget_user("user")
+    assert tracker.get("kept") is None
+    assert not any("/user/" in k for k in storage.data)
+
+
+def test_replay_guard() -> None:
+    clock = FakeClock()
+    guard = ReplayGuard(store(), window_seconds=300, clock=clock)
+    assert guard.admit("sig1", "m:1")
+    assert guard.admit("sig1", "m:1")  # WeChat's retry of the same message
+    assert not guard.admit("sig1", "m:2")  # same signature, other message: replay
+    assert guard.admit("sig2", "m:2")
+    clock.advance(601)
+    assert guard.admit("sig1", "m:3")  # forgotten after the window (timestamps refuse it)
