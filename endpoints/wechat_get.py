@@ -12,7 +12,9 @@ from endpoints.wechat.settings import load_settings
 
 
 class WeChatGetEndpoint(Endpoint):
-    def _invoke(self, r: Request, values: Mapping[str, Any], settings: Mapping[str, Any]) -> Response:
+    def _invoke(
+        self, r: Request, values: Mapping[str, Any], settings: Mapping[str, Any]
+    ) -> Response:
         try:
             reply = handle_get(
                 to_http_request(r), load_settings(settings), r.headers.get("Dify-Hook-Url", "")

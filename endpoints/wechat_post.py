@@ -13,7 +13,9 @@ from endpoints.wechat.settings import load_settings
 
 
 class WeChatPostEndpoint(Endpoint):
-    def _invoke(self, r: Request, values: Mapping[str, Any], settings: Mapping[str, Any]) -> Response:
+    def _invoke(
+        self, r: Request, values: Mapping[str, Any], settings: Mapping[str, Any]
+    ) -> Response:
         try:
             runtime = Runtime(
                 storage=self.session.storage,

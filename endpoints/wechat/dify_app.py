@@ -62,7 +62,7 @@ def session_app_caller(session: Any) -> AppCaller:
         conversation_id: str | None,
         user: str,
     ) -> Iterable[Any]:
-        return session.app.chat.invoke(  # type: ignore[no-any-return]
+        return session.app.chat.invoke(
             app_id=app_id,
             query=query,
             inputs=inputs,
@@ -96,7 +96,8 @@ class _StreamCollector:
         if isinstance(conversation_id, str) and conversation_id:
             self.conversation_id = conversation_id
         event = chunk.get("event")
-        data = chunk.get("data") if isinstance(chunk.get("data"), Mapping) else {}
+        raw_data = chunk.get("data")
+        data: Mapping[str, Any] = raw_data if isinstance(raw_data, Mapping) else {}
         if event in ("message", "agent_message"):
             self.chat_answer += str(chunk.get("answer") or "")
         elif event == "message_replace":
@@ -224,6 +225,4 @@ class DifyApp:
             raise
         except Exception as exc:
             reason = _describe(exc)
-            raise AppError(
-                reason, conversation_related="conversation" in reason.lower()
-            ) from exc
+            raise AppError(reason, conversation_related="conversation" in reason.lower()) from exc

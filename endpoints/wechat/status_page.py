@@ -57,9 +57,7 @@ def render_status_page(settings: Settings, endpoint_url: str) -> str:
         "app_secret",
         "AppSecret is set.",
         "已设置 AppSecret。",
-        None
-        if settings.app_secret
-        else ("Not set (optional).", "未设置（可选）。"),
+        None if settings.app_secret else ("Not set (optional).", "未设置（可选）。"),
     )
     check("wechat_api_base_url", "WeChat API base URL is valid.", "微信接口地址有效。")
     check("timestamp_tolerance", "Timestamp tolerance is valid.", "时间戳容差有效。")
@@ -89,13 +87,16 @@ vertical-align:top}}code{{background:#f4f4f4;padding:0 .3em;border-radius:3px}}
 <table>{"".join(rows)}</table>
 <h2>WeChat console / 公众号后台（设置与开发 → 基本配置 → 服务器配置）</h2>
 <ol>
-<li>服务器地址(URL) / Server URL: <code>{escape(url) or "(this page's URL without the query)"}</code>
+<li>服务器地址(URL) / Server URL:
+<code>{escape(url) or "(this page's URL without the query)"}</code>
  — must be reachable from the internet on port 80 or 443 (WeChat calls no other port).</li>
 <li>令牌(Token): the same value as the <code>wechat_token</code> setting.</li>
-<li>消息加解密密钥(EncodingAESKey): the same value as the <code>encoding_aes_key</code> setting.</li>
+<li>消息加解密密钥(EncodingAESKey): the same value as the
+<code>encoding_aes_key</code> setting.</li>
 <li>消息加解密方式: {escape(mode)}.</li>
 <li>Submit, then 启用 (enable) the server configuration.</li>
 </ol>
-<p class=zh>If WeChat says 「该公众号暂时无法提供服务」, see the README's troubleshooting section.</p>
+<p class=zh>If WeChat says 「该公众号暂时无法提供服务」,
+see the README's troubleshooting section.</p>
 </body></html>
 """

@@ -8,7 +8,9 @@ from endpoints.wechat.storage import EndpointStore
 from tests.fakes import MemoryStorage, ScriptedCaller, chat_chunks
 
 
-def make(caller: ScriptedCaller, inputs: dict[str, Any] | None = None) -> tuple[DifyApp, ConversationStore]:
+def make(
+    caller: ScriptedCaller, inputs: dict[str, Any] | None = None
+) -> tuple[DifyApp, ConversationStore]:
     conversations = ConversationStore(EndpointStore(MemoryStorage(), "ep1"))
     return DifyApp(caller, "app-1", inputs or {}, conversations), conversations
 
@@ -104,14 +106,18 @@ def test_every_app_mode(chunks: list[Any], expected: str) -> None:
 def test_error_chunk_and_failed_workflow_raise_app_error() -> None:
     app, _ = make(
         ScriptedCaller(
-            lambda c: [{"event": "error", "code": "quota", "message": "Quota exceeded", "status": 400}]
+            lambda c: [
+                {"event": "error", "code": "quota", "message": "Quota exceeded", "status": 400}
+            ]
         )
     )
     with pytest.raises(AppError, match="Quota exceeded"):
         app.ask("q", "u", {})
     app, _ = make(
         ScriptedCaller(
-            lambda c: [{"event": "workflow_finished", "data": {"status": "failed", "error": "boom"}}]
+            lambda c: [
+                {"event": "workflow_finished", "data": {"status": "failed", "error": "boom"}}
+            ]
         )
     )
     with pytest.raises(AppError, match="boom"):

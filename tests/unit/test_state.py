@@ -35,7 +35,7 @@ def test_claim_read_back_decides_the_winner() -> None:
     storage = MemoryStorage()
     first = RetryTracker(store(storage))
     second = RetryTracker(store(storage))
-    job1, mine1 = first.claim("k", "u", time.time() + 5)
+    _job1, mine1 = first.claim("k", "u", time.time() + 5)
     job2, mine2 = second.claim("k", "u", time.time() + 5)
     assert mine1 and mine2  # sequential claims: the later write wins the read-back
     assert first.get("k") == job2

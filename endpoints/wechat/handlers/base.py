@@ -9,10 +9,10 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 
+from ..conversations import ConversationStore
 from ..models import InboundMessage
 from ..outbox import Outbox
 from ..settings import Settings
-from ..conversations import ConversationStore
 
 
 @dataclass(frozen=True)

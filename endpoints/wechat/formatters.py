@@ -1,0 +1,858 @@
+"""Turn Dify answers into what WeChat can show, and build passive-reply XML.
+
+Everything here is a pure function: no Dify imports, no I/O, no clock (callers pass
+``create_time``).
+
+* :func:`markdown_to_wechat_text` renders markdown as plain text that reads well in the
+  WeChat chat window (which shows no markup at all).  It walks markdown-it-py's token
+  stream; there is no regex-based markdown handling.
+* :func:`split_text` cuts a text into parts of at most ``budget_bytes`` UTF-8 bytes at the
+  most natural boundary available.
+* :func:`cdata`, :func:`text_reply_xml` and :func:`image_reply_xml` build passive replies
+  (protocol reference §6).
+"""
+
+from __future__ import annotations
+
+import unicodedata
+from bisect import bisect_left, bisect_right
+from dataclasses import dataclass, field
+from html.parser import HTMLParser
+from itertools import accumulate
+
+from markdown_it import MarkdownIt
+from markdown_it.rules_inline.state_inline import Delimiter, StateInline
+from markdown_it.token import Token
+
+__all__ = [
+    "SUCCESS_BODY",
+    "TEXT_BUDGET_BYTES",
+    "cdata",
+    "image_reply_xml",
+    "markdown_to_wechat_text",
+    "split_text",
+    "text_reply_xml",
+    "utf8_len",
+]
+
+TEXT_BUDGET_BYTES = 2048
+"""WeChat passive/customer-service text limit, in UTF-8 bytes."""
+
+SUCCESS_BODY = "success"
+"""WeChat's "acknowledged, no reply" body; never encrypted."""
+
+
+# ---------------------------------------------------------------------------
+# markdown -> plain text
+# ---------------------------------------------------------------------------
+
+# markdown-it silently drops block content nested deeper than ``maxNesting``; the
+# commonmark preset's 20 allows only ~9 nested lists.  40 is still far from Python's
+# recursion limit (markdown-it parses nested blocks recursively, and so do we).
+_MAX_NESTING = 40
+
+_MD = MarkdownIt("commonmark", {"maxNesting": _MAX_NESTING}).enable("table").enable("strikethrough")
+
+
+def _is_cjk(char: str) -> bool:
+    return unicodedata.east_asian_width(char) in ("W", "F")
+
+
+def _is_md_punct(char: str) -> bool:
+    return unicodedata.category(char)[0] in "PS"
+
+
+def _is_md_space(char: str) -> bool:
+    return char in " \t\n\r\f\v" or unicodedata.category(char) == "Zs"
+
+
+def _emphasis_tokenize(state: StateInline, silent: bool) -> bool:
+    """markdown-it's ``*``/``_`` delimiter scan, made friendly to Chinese text.
+
+    CommonMark refuses ``**注意：**这是`` as bold: a closing run after punctuation must be
+    followed by space or punctuation, and Chinese puts neither between words.  As in the
+    "CJK-friendly emphasis" proposal, a run next to a CJK character counts as if that
+    character were whitespace for the punctuation test.  Everything else is as CommonMark.
+    """
+    start = state.pos
+    marker = state.src[start]
+    if silent or marker not in ("*", "_"):
+        return False
+    end = start
+    while end < state.posMax and state.src[end] == marker:
+        end += 1
+    last = state.src[start - 1] if start > 0 else " "
+    after = state.src[end] if end < state.posMax else " "
+    last_space, after_space = _is_md_space(last), _is_md_space(after)
+    last_punct, after_punct = _is_md_punct(last), _is_md_punct(after)
+    left = not after_space and (
+        not after_punct or last_space or last_punct or _is_cjk(last) or _is_cjk(after)
+    )
+    right = not last_space and (
+        not last_punct or after_space or after_punct or _is_cjk(after) or _is_cjk(last)
+    )
+    if marker == "*":
+        can_open, can_close = left, right
+    else:
+        can_open = left and (not right or last_punct)
+        can_close = right and (not left or after_punct)
+    length = end - start
+    for _ in range(length):
+        token = state.push("text", "", 0)
+        token.content = marker
+        state.delimiters.append(
+            Delimiter(
+                marker=ord(marker),
+                length=length,
+                token=len(state.tokens) - 1,
+                end=-1,
+                open=can_open,
+                close=can_close,
+            )
+        )
+    state.pos = end
+    return True
+
+
+_MD.inline.ruler.at("emphasis", _emphasis_tokenize)
+
+_HEADING_OPEN, _HEADING_CLOSE = "【", "】"
+_BULLETS = ("•", "◦", "▪")
+_HR_LINE = "——————"
+_IMAGE_LABEL = "[图片]"
+_CELL_SEP = "："
+_INDENT = "  "
+
+# HTML tags that are removed (their text is kept).  Anything else that merely looks like a
+# tag -- "List<String>", "<用户名>", "<ctrl>" -- is ordinary text and stays as written.
+# fmt: off
+_HTML_TAGS = frozenset({
+    "a", "abbr", "address", "article", "aside", "audio", "b", "base", "basefont", "bdi", "bdo",
+    "big", "blockquote", "body", "br", "button", "canvas", "caption", "center", "cite", "code",
+    "col", "colgroup", "data", "dd", "del", "details", "dfn", "dialog", "dir", "div", "dl",
+    "dt", "em", "embed", "fieldset", "figcaption", "figure", "font", "footer", "form", "frame",
+    "frameset", "h1", "h2", "h3", "h4", "h5", "h6", "head", "header", "hgroup", "hr", "html",
+    "i", "iframe", "img", "input", "ins", "kbd", "label", "legend", "li", "link", "main",
+    "mark", "math", "menu", "menuitem", "meta", "nav", "noframes", "noscript", "object", "ol",
+    "optgroup", "option", "p", "param", "picture", "pre", "q", "rp", "rt", "ruby", "s", "samp",
+    "script", "search", "section", "select", "small", "source", "span", "strike", "strong",
+    "style", "sub", "summary", "sup", "svg", "table", "tbody", "td", "template", "textarea",
+    "tfoot", "th", "thead", "think", "time", "title", "tr", "track", "tt", "u", "ul", "var",
+    "video", "wbr",
+})
+# Tags that end a line when they appear in an HTML block.
+_HTML_BREAK_TAGS = frozenset({
+    "address", "article", "aside", "blockquote", "br", "dd", "details", "dialog", "div", "dl",
+    "dt", "figcaption", "figure", "footer", "h1", "h2", "h3", "h4", "h5", "h6", "header", "hr",
+    "li", "main", "nav", "ol", "p", "pre", "section", "summary", "table", "think", "tr", "ul",
+})
+# fmt: on
+_HTML_SKIP_CONTENT = frozenset({"script", "style", "template"})
+
+
+@dataclass(slots=True)
+class _Block:
+    """A block-level node: an ``*_open`` token (with children) or a leaf block token."""
+
+    token: Token
+    children: list[_Block] = field(default_factory=list)
+
+    @property
+    def kind(self) -> str:
+        return self.token.type.removesuffix("_open")
+
+
+def markdown_to_wechat_text(markdown: str) -> str:
+    """Render *markdown* as plain text for the WeChat chat window.
+
+    Headings become ``【Title】`` (levels 1-2) or plain lines, lists get ``•``/``◦``/``▪`` or
+    their numbers, tables become ``Header：value`` blocks per row, links ``text (url)``,
+    images ``[图片] alt (url)``; emphasis markers, code fences and HTML tags disappear while
+    their text stays.  Blocks are separated by one blank line.
+    """
+    if not markdown or markdown.isspace():
+        return ""
+    try:
+        tokens = _MD.parse(markdown)
+    except RecursionError:  # pathological nesting inside markdown-it itself
+        return _normalize_whitespace(_plain_source(markdown))
+    if any(tok.level >= _MAX_NESTING - 1 for tok in tokens):
+        # markdown-it stopped descending and dropped the deepest content: never lose text.
+        return _normalize_whitespace(_plain_source(markdown))
+    try:
+        rendered = _render_blocks(_build_tree(tokens), 0)
+    except RecursionError:  # pragma: no cover - bounded by _MAX_NESTING
+        return _normalize_whitespace(_plain_source(markdown))
+    return _normalize_whitespace(rendered)
+
+
+def _plain_source(markdown: str) -> str:
+    return markdown.replace("\r\n", "\n").replace("\r", "\n").replace("\x00", "\ufffd")
+
+
+def _normalize_whitespace(text: str) -> str:
+    """Strip trailing spaces, keep at most one blank line in a row, trim blank edges."""
+    out: list[str] = []
+    for raw in text.split("\n"):
+        line = raw.rstrip()
+        if line or (out and out[-1]):
+            out.append(line)
+    while out and not out[-1]:
+        out.pop()
+    return "\n".join(out)
+
+
+def _build_tree(tokens: list[Token]) -> list[_Block]:
+    root: list[_Block] = []
+    stack: list[list[_Block]] = [root]
+    for tok in tokens:
+        if tok.nesting == 1:
+            node = _Block(tok)
+            stack[-1].append(node)
+            stack.append(node.children)
+        elif tok.nesting == -1:
+            if len(stack) > 1:
+                stack.pop()
+        else:
+            stack[-1].append(_Block(tok))
+    return root
+
+
+# Blocks that always stand apart with a blank line, even inside a tight list item.
+_SPACIOUS_BLOCKS = frozenset({"fence", "code_block", "table", "blockquote", "html_block", "hr"})
+
+
+def _render_blocks(nodes: list[_Block], list_depth: int) -> str:
+    out: list[str] = []
+    prev: _Block | None = None
+    for node in nodes:
+        text = _render_block(node, list_depth)
+        if not text.strip():
+            continue
+        if prev is not None:
+            tight = (
+                (_is_hidden_paragraph(prev) or _is_hidden_paragraph(node))
+                and prev.kind not in _SPACIOUS_BLOCKS
+                and node.kind not in _SPACIOUS_BLOCKS
+            )
+            out.append("\n" if tight else "\n\n")
+        out.append(text)
+        prev = node
+    return "".join(out)
+
+
+def _is_hidden_paragraph(node: _Block) -> bool:
+    return node.kind == "paragraph" and node.token.hidden
+
+
+def _render_block(node: _Block, list_depth: int) -> str:
+    kind = node.kind
+    if kind == "inline":
+        return _render_inline(node.token)
+    if kind == "paragraph":
+        return "".join(_render_inline(child.token) for child in node.children)
+    if kind == "heading":
+        title = "".join(_render_inline(child.token) for child in node.children).strip()
+        if not title:
+            return ""
+        if node.token.tag in ("h1", "h2"):
+            return f"{_HEADING_OPEN}{title}{_HEADING_CLOSE}"
+        return title
+    if kind in ("fence", "code_block"):
+        return node.token.content.rstrip("\n")
+    if kind in ("bullet_list", "ordered_list"):
+        return _render_list(node, list_depth)
+    if kind == "blockquote":
+        inner = _normalize_whitespace(_render_blocks(node.children, list_depth))
+        return "\n".join(f"> {line}" if line else ">" for line in inner.split("\n"))
+    if kind == "table":
+        return _render_table(node)
+    if kind == "hr":
+        return _HR_LINE
+    if kind == "html_block":
+        return _html_block_text(node.token.content)
+    # Unknown container or leaf (e.g. from a future markdown-it rule): keep its text.
+    if node.children:
+        return _render_blocks(node.children, list_depth)
+    return node.token.content
+
+
+def _render_list(node: _Block, list_depth: int) -> str:
+    ordered = node.kind == "ordered_list"
+    number = 1
+    if ordered:
+        start = node.token.attrGet("start")
+        if start is not None:
+            try:
+                number = int(start)
+            except (TypeError, ValueError):
+                number = 1
+    delimiter = node.token.markup or "."
+    bullet = _BULLETS[list_depth % len(_BULLETS)]
+    tight = True
+    items: list[str] = []
+    for item in node.children:
+        if item.kind != "list_item":
+            continue
+        for child in item.children:
+            if child.kind == "paragraph" and not child.token.hidden:
+                tight = False
+        marker = f"{number}{delimiter}" if ordered else bullet
+        number += 1
+        body = _normalize_whitespace(_render_blocks(item.children, list_depth + 1))
+        if not body:
+            items.append(marker)
+            continue
+        lines = body.split("\n")
+        rendered = [f"{marker} {lines[0]}"]
+        rendered.extend(f"{_INDENT}{line}" if line else "" for line in lines[1:])
+        items.append("\n".join(rendered))
+    return ("\n" if tight else "\n\n").join(items)
+
+
+def _render_table(node: _Block) -> str:
+    headers: list[str] = []
+    rows: list[list[str]] = []
+    for section in node.children:
+        for tr in section.children:
+            cells = [
+                _normalize_whitespace(
+                    "".join(_render_inline(child.token) for child in cell.children)
+                ).strip()
+                for cell in tr.children
+            ]
+            if section.kind == "thead":
+                headers = cells
+            else:
+                rows.append(cells)
+    if not any(headers):
+        joined = (" | ".join(row) for row in rows)
+        return "\n".join(line for line in joined if line.strip(" |"))
+    if not rows:
+        return " | ".join(headers)
+    blocks: list[str] = []
+    for row in rows:
+        lines: list[str] = []
+        for index, header in enumerate(headers):
+            value = row[index] if index < len(row) else ""
+            lines.append(f"{header}{_CELL_SEP}{value}" if header else value)
+        blocks.append("\n".join(line for line in lines if line))
+    return "\n\n".join(block for block in blocks if block)
+
+
+# --- inline ----------------------------------------------------------------------------
+
+_TEXT_TYPES = frozenset({"text", "text_special"})
+_MAX_IMAGE_DEPTH = 8
+_EMPTY_SKIPPABLE = _TEXT_TYPES | {"em_open", "em_close", "strong_open", "strong_close"}
+
+
+def _render_inline(token: Token, depth: int = 0) -> str:
+    if token.type != "inline":
+        return "" if token.nesting else token.content
+    return _render_inline_children(token.children or [], depth)
+
+
+def _render_inline_children(children: list[Token], depth: int) -> str:
+    literal = _literal_emphasis(children)
+    out: list[str] = []
+    links: list[tuple[str, bool, int]] = []
+    for index, tok in enumerate(children):
+        kind = tok.type
+        if kind in _TEXT_TYPES or kind == "code_inline":
+            out.append(tok.content)
+        elif kind in ("softbreak", "hardbreak"):
+            out.append("\n")
+        elif kind in ("em_open", "em_close", "strong_open", "strong_close"):
+            if index in literal:
+                out.append(tok.markup)
+        elif kind in ("s_open", "s_close"):
+            continue
+        elif kind == "link_open":
+            links.append((str(tok.attrGet("href") or ""), tok.markup == "autolink", len(out)))
+        elif kind == "link_close":
+            if links:
+                href, autolink, mark = links.pop()
+                out.append(_link_suffix(href, autolink, "".join(out[mark:])))
+        elif kind == "image":
+            out.append(_image_text(tok, depth))
+        elif kind == "html_inline":
+            out.append(_html_inline_text(tok.content))
+        elif tok.nesting == 0:
+            out.append(tok.content)
+    return "".join(out)
+
+
+def _display_url(href: str) -> str:
+    # markdown-it percent-encodes / punycodes hrefs; show them the way they were written.
+    return _MD.normalizeLinkText(href) if href else ""
+
+
+def _link_suffix(href: str, autolink: bool, text: str) -> str:
+    if autolink or not href:
+        return ""
+    url = _display_url(href)
+    label = text.strip()
+    if not label:
+        return url
+    if label in (url, href) or (href.startswith("mailto:") and label == href[len("mailto:") :]):
+        return ""
+    return f" ({url})"
+
+
+def _image_text(tok: Token, depth: int) -> str:
+    if depth < _MAX_IMAGE_DEPTH:
+        alt = _render_inline_children(tok.children or [], depth + 1)
+    else:
+        alt = tok.content
+    alt = " ".join(alt.split())
+    url = _display_url(str(tok.attrGet("src") or ""))
+    if alt and url:
+        return f"{_IMAGE_LABEL} {alt} ({url})"
+    return f"{_IMAGE_LABEL} {alt or url}".rstrip()
+
+
+_ADJACENT_LOOKAROUND = 4  # bounded: pathological "*****…" runs nest thousands deep
+
+
+def _adjacent_char(children: list[Token], index: int, step: int) -> str:
+    """The character right before (step=-1) or after (step=1) token *index*, or ""."""
+    pos = index + step
+    for _ in range(_ADJACENT_LOOKAROUND):
+        if not 0 <= pos < len(children):
+            break
+        tok = children[pos]
+        if tok.content and (tok.type in _TEXT_TYPES or tok.type == "code_inline"):
+            return tok.content[-1] if step < 0 else tok.content[0]
+        if tok.content or tok.type not in _EMPTY_SKIPPABLE:
+            break
+        pos += step
+    return ""
+
+
+def _is_ascii_alnum(char: str) -> bool:
+    return bool(char) and char.isascii() and char.isalnum()
+
+
+def _literal_emphasis(children: list[Token]) -> set[int]:
+    """Token indexes of emphasis pairs that are not meant as emphasis; printed literally.
+
+    * ``*`` pairs with a delimiter squeezed between ASCII letters/digits: CommonMark allows
+      intraword ``*`` emphasis, so ``3*4=12 和 5*6=30`` would lose its products.
+    * ``_`` pairs around a bare ASCII identifier, e.g. ``__init__`` or ``_private_``.
+    """
+    literal: set[int] = set()
+    stack: list[int] = []
+    for index, tok in enumerate(children):
+        if tok.type in ("em_open", "strong_open"):
+            stack.append(index)
+        elif tok.type in ("em_close", "strong_close") and stack:
+            opener = stack.pop()
+            if tok.markup.startswith("*"):
+                open_intraword = _is_ascii_alnum(_adjacent_char(children, opener, -1)) and (
+                    _is_ascii_alnum(_adjacent_char(children, opener, 1))
+                )
+                close_intraword = _is_ascii_alnum(_adjacent_char(children, index, -1)) and (
+                    _is_ascii_alnum(_adjacent_char(children, index, 1))
+                )
+                if open_intraword or close_intraword:
+                    literal.update((opener, index))
+            elif index - opener <= 3 and _is_identifier(children[opener + 1 : index]):
+                literal.update((opener, index))
+    return literal
+
+
+def _is_identifier(tokens: list[Token]) -> bool:
+    if not tokens or any(tok.type not in _TEXT_TYPES for tok in tokens):
+        return False
+    word = "".join(tok.content for tok in tokens)
+    return bool(word) and word.isascii() and word.replace("_", "a").isalnum()
+
+
+# --- HTML --------------------------------------------------------------------------------
+
+
+class _HtmlText(HTMLParser):
+    """Collects the text of an HTML fragment; known tags vanish, unknown ones stay."""
+
+    def __init__(self, *, block: bool) -> None:
+        super().__init__(convert_charrefs=True)
+        self._block = block
+        self._skipping = 0
+        self.parts: list[str] = []
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        if tag in _HTML_SKIP_CONTENT:
+            self._skipping += 1
+        self._tag(tag, attrs)
+
+    def handle_startendtag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        self._tag(tag, attrs)
+
+    def _tag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        if self._skipping and tag not in _HTML_SKIP_CONTENT:
+            return
+        if tag not in _HTML_TAGS:
+            self.parts.append(self.get_starttag_text() or "")
+        elif tag == "img":
+            values = dict(attrs)
+            alt = " ".join((values.get("alt") or "").split())
+            src = values.get("src") or ""
+            if alt and src:
+                self.parts.append(f"{_IMAGE_LABEL} {alt} ({src})")
+            elif alt or src:
+                self.parts.append(f"{_IMAGE_LABEL} {alt or src}")
+        elif tag == "br" or (self._block and tag in _HTML_BREAK_TAGS):
+            self.parts.append("\n")
+
+    def handle_endtag(self, tag: str) -> None:
+        if tag in _HTML_SKIP_CONTENT:
+            self._skipping = max(0, self._skipping - 1)
+        elif self._skipping:
+            return
+        elif tag not in _HTML_TAGS:
+            self.parts.append(f"</{tag}>")
+        elif self._block and tag in _HTML_BREAK_TAGS:
+            self.parts.append("\n")
+
+    def handle_data(self, data: str) -> None:
+        if not self._skipping:
+            self.parts.append(data)
+
+
+def _html_block_text(content: str) -> str:
+    parser = _HtmlText(block=True)
+    parser.feed(content)
+    parser.close()
+    lines = (line.strip() for line in "".join(parser.parts).split("\n"))
+    return _normalize_whitespace("\n".join(lines))
+
+
+def _html_tag_name(content: str) -> str:
+    start = 2 if content.startswith("</") else 1
+    end = start
+    while (
+        end < len(content)
+        and content[end].isascii()
+        and (content[end].isalnum() or content[end] == "-")
+    ):
+        end += 1
+    return content[start:end].lower()
+
+
+def _html_inline_text(content: str) -> str:
+    if content.startswith(("<!", "<?")):  # comment, declaration, CDATA, processing instr.
+        return ""
+    name = _html_tag_name(content)
+    if name not in _HTML_TAGS:
+        return content
+    if name in ("br", "img"):
+        parser = _HtmlText(block=False)
+        parser.feed(content)
+        parser.close()
+        return "".join(parser.parts)
+    return ""
+
+
+# ---------------------------------------------------------------------------
+# splitting
+# ---------------------------------------------------------------------------
+
+
+def utf8_len(text: str) -> int:
+    """Length of *text* in UTF-8 bytes (lone surrogates count 3, as WeChat would see)."""
+    return len(text.encode("utf-8", "surrogatepass"))
+
+
+# Boundary ranks, best first.  Line-based boundaries always beat in-line ones.
+_RANK_PARAGRAPH = 6  # at a blank line
+_RANK_STRUCTURE = 5  # right before a list item, heading, quote or code fence
+_RANK_LINE = 4  # any other line break outside a fenced code block
+_RANK_IN_CODE = 3  # a line break inside a fenced code block
+
+_SENTENCE_ENDS = "。！？!?.；;"
+_ASCII_SENTENCE_ENDS = frozenset("!?.;")
+_CLOSERS = frozenset("\"')]}”’）】」』》〉〕］｝")
+_SPACES = " \t\u3000"
+_COMMAS = "，,、"
+_LIST_MARKS = ("• ", "◦ ", "▪ ", "- ", "* ", "+ ", "> ", "#", "【", _HR_LINE)
+_ZWJ = "\u200d"
+_FILL_DIVISOR = 3  # a natural boundary counts once the part holds >= 1/3 of the budget
+_GRAPHEME_BACKOFF = 32
+
+
+def split_text(text: str, budget_bytes: int = TEXT_BUDGET_BYTES) -> list[str]:
+    """Split *text* into parts of at most *budget_bytes* UTF-8 bytes each.
+
+    Cuts go to the most natural boundary that leaves the part at least a third full,
+    preferring a blank line, then a line break (before a list item/heading/code fence
+    first; breaks inside fenced code last), a sentence end, a space or comma, and only then
+    a hard cut between grapheme clusters.  Whitespace at the cut points is dropped,
+    leading/trailing blank lines of every part are stripped and no part is empty; apart
+    from that the parts reproduce *text* in order.  Runs in linear time.
+    """
+    if budget_bytes < 4:
+        raise ValueError("budget_bytes must be at least 4 (one UTF-8 code point)")
+    if not text or text.isspace():
+        return []
+    if utf8_len(text) <= budget_bytes:
+        start, _ = _skip_whitespace(text, 0, budget_bytes)
+        part = text[start:].rstrip()
+        return [part] if part else []
+
+    n = len(text)
+    if text.isascii():
+        cum = list(range(n + 1))
+    else:
+        cum = list(accumulate(map(_code_point_bytes, text), initial=0))
+    newlines, ranks = _line_boundaries(text)
+
+    parts: list[str] = []
+    pos, first = _skip_whitespace(text, 0, budget_bytes)
+    while pos < n:
+        limit = cum[pos] + budget_bytes
+        if cum[n] <= limit:
+            part = text[pos:].rstrip()
+            if part:
+                parts.append(part)
+            break
+        lim = bisect_right(cum, limit, pos) - 1  # text[pos:lim] is the largest fitting slice
+        fill = bisect_left(cum, cum[pos] + budget_bytes // _FILL_DIVISOR, pos, lim)
+        end, nxt = _choose_cut(text, pos, first, lim, fill, newlines, ranks)
+        part = text[pos:end].rstrip()
+        if part:
+            parts.append(part)
+        pos, first = _skip_whitespace(text, nxt, budget_bytes)
+    return parts
+
+
+def _code_point_bytes(char: str) -> int:
+    code = ord(char)
+    if code < 0x80:
+        return 1
+    if code < 0x800:
+        return 2
+    if code < 0x10000:
+        return 3
+    return 4
+
+
+def _skip_whitespace(text: str, pos: int, budget_bytes: int) -> tuple[int, int]:
+    """Where the next part starts, and its first non-whitespace character.
+
+    Blank lines are skipped, but the indentation of the first line is kept (code) when the
+    part starts at a line start and the indentation is small.
+    """
+    n = len(text)
+    first = pos
+    while first < n and text[first].isspace():
+        first += 1
+    if first >= n:
+        return n, n
+    newline = text.rfind("\n", pos, first)
+    if newline != -1:
+        start = newline + 1
+    elif pos == 0 or text[pos - 1] == "\n":
+        start = pos
+    else:  # cut in the middle of a line: drop the separating whitespace
+        start = first
+    if start < first and utf8_len(text[start:first]) * 2 >= budget_bytes:
+        start = first
+    return start, first
+
+
+def _line_boundaries(text: str) -> tuple[list[int], list[int]]:
+    """Positions of all newlines, and a boundary rank for cutting at each of them."""
+    lines = text.split("\n")
+    count = len(lines)
+    blank = [not line.strip() for line in lines]
+    in_code = [False] * count
+    structural = [False] * count
+    fence_char = ""
+    fence_len = 0
+    for index, line in enumerate(lines):
+        stripped = line.lstrip()
+        if fence_char:
+            in_code[index] = True
+            if stripped.startswith(fence_char * fence_len) and not stripped.rstrip().strip(
+                fence_char
+            ):
+                fence_char = ""
+            continue
+        if stripped.startswith(("```", "~~~")):
+            char = stripped[0]
+            length = len(stripped) - len(stripped.lstrip(char))
+            if not (char == "`" and "`" in stripped[length:]):
+                fence_char, fence_len = char, length
+                structural[index] = True
+                continue
+        structural[index] = _starts_structure(stripped)
+
+    newlines: list[int] = []
+    ranks: list[int] = []
+    pos = -1
+    for index in range(count - 1):
+        pos += len(lines[index]) + 1
+        newlines.append(pos)
+        after = index + 1
+        if in_code[after]:
+            ranks.append(_RANK_IN_CODE)
+        elif blank[index] or blank[after]:
+            ranks.append(_RANK_PARAGRAPH)
+        elif structural[after]:
+            ranks.append(_RANK_STRUCTURE)
+        else:
+            ranks.append(_RANK_LINE)
+    return newlines, ranks
+
+
+def _starts_structure(stripped: str) -> bool:
+    if stripped.startswith(_LIST_MARKS):
+        return True
+    digits = 0
+    while digits < len(stripped) and digits < 10 and "0" <= stripped[digits] <= "9":
+        digits += 1
+    return digits > 0 and stripped[digits : digits + 2] in (". ", ") ")
+
+
+def _choose_cut(
+    text: str,
+    pos: int,
+    first: int,
+    lim: int,
+    fill: int,
+    newlines: list[int],
+    ranks: list[int],
+) -> tuple[int, int]:
+    """Return (end of this part, start of the search for the next part)."""
+    for low in (max(fill, first + 1), first + 1):
+        # 1. line boundaries: the part ends right before the newline at newlines[k]
+        a = bisect_left(newlines, low)
+        b = bisect_right(newlines, lim)
+        if a < b:
+            window = ranks[a:b]
+            best = max(window)
+            k = b - 1 - window[::-1].index(best)
+            return newlines[k], newlines[k] + 1
+        # 2. sentence ends: the part ends right after the punctuation (and closing quotes)
+        end = _last_sentence_end(text, low - 1, lim)
+        if end != -1:
+            while end < lim and text[end] in _CLOSERS:
+                end += 1
+            return end, end
+        # 3. other whitespace (dropped) or a comma (kept)
+        space = max(text.rfind(char, low, lim + 1) for char in _SPACES)
+        comma = max(text.rfind(char, low - 1, lim) for char in _COMMAS)
+        if space != -1 or comma != -1:
+            if comma + 1 > space:
+                return comma + 1, comma + 1
+            return space, space + 1
+    # 4. hard cut, but not inside a grapheme cluster
+    end = _grapheme_boundary(text, first + 1, lim)
+    return end, end
+
+
+def _last_sentence_end(text: str, low: int, lim: int) -> int:
+    """Index just after the last sentence-ending character in text[low:lim], or -1."""
+    best = -1
+    for char in _SENTENCE_ENDS:
+        found = text.rfind(char, low, lim)
+        if char in _ASCII_SENTENCE_ENDS:
+            # "3.14", "example.com", "a.php?x=1" are not sentence ends
+            while found != -1 and _between_ascii_alnum(text, found):
+                found = text.rfind(char, low, found)
+        best = max(best, found)
+    return best + 1 if best != -1 else -1
+
+
+def _between_ascii_alnum(text: str, index: int) -> bool:
+    return (
+        0 < index < len(text) - 1
+        and _is_ascii_alnum(text[index - 1])
+        and _is_ascii_alnum(text[index + 1])
+    )
+
+
+def _grapheme_boundary(text: str, low: int, end: int) -> int:
+    """Move a hard cut at *end* back so it does not split a grapheme cluster (cheaply)."""
+    cut = end
+    for _ in range(_GRAPHEME_BACKOFF):
+        if cut <= low or cut >= len(text):
+            break
+        if not _joins_previous(text, cut):
+            return cut
+        cut -= 1
+    return end if cut <= low or _joins_previous(text, cut) else cut
+
+
+def _joins_previous(text: str, index: int) -> bool:
+    """True if text[index] belongs to the same user-perceived character as text[index-1]."""
+    char, prev = text[index], text[index - 1]
+    code = ord(char)
+    if prev == _ZWJ or code == 0x200D:
+        return True
+    if 0xFE00 <= code <= 0xFE0F or 0xE0100 <= code <= 0xE01EF:  # variation selectors
+        return True
+    if 0x1F3FB <= code <= 0x1F3FF or 0xE0020 <= code <= 0xE007F:  # skin tones, tag chars
+        return True
+    if 0xDC00 <= code <= 0xDFFF and 0xD800 <= ord(prev) <= 0xDBFF:  # surrogate pair
+        return True
+    if prev == "\r" and char == "\n":
+        return True
+    if _is_regional_indicator(char) and _is_regional_indicator(prev):
+        run = 0
+        back = index - 1
+        while back >= 0 and run < _GRAPHEME_BACKOFF and _is_regional_indicator(text[back]):
+            run += 1
+            back -= 1
+        return run % 2 == 1
+    return unicodedata.category(char) in ("Mn", "Me", "Mc")
+
+
+def _is_regional_indicator(char: str) -> bool:
+    return 0x1F1E6 <= ord(char) <= 0x1F1FF
+
+
+# ---------------------------------------------------------------------------
+# passive reply XML
+# ---------------------------------------------------------------------------
+
+# Characters XML 1.0 cannot carry at all, not even in CDATA (C0 controls except tab/LF/CR,
+# surrogates, U+FFFE/U+FFFF); a single one makes WeChat reject the whole reply.
+_XML_ILLEGAL = dict.fromkeys(
+    [*range(0x00, 0x09), 0x0B, 0x0C, *range(0x0E, 0x20), *range(0xD800, 0xE000), 0xFFFE, 0xFFFF]
+)
+
+
+def cdata(value: str) -> str:
+    """Wrap *value* in a CDATA section, splitting every ``]]>`` so the XML stays valid.
+
+    Characters that XML 1.0 cannot represent (control characters other than tab/newline/
+    carriage return, lone surrogates, U+FFFE/U+FFFF) are dropped.
+    """
+    value = value.translate(_XML_ILLEGAL)
+    return "<![CDATA[" + value.replace("]]>", "]]]]><![CDATA[>") + "]]>"
+
+
+def _reply_head(to_user: str, from_user: str, create_time: int, msg_type: str) -> str:
+    return (
+        f"<xml><ToUserName>{cdata(to_user)}</ToUserName>"
+        f"<FromUserName>{cdata(from_user)}</FromUserName>"
+        f"<CreateTime>{int(create_time)}</CreateTime>"
+        f"<MsgType>{cdata(msg_type)}</MsgType>"
+    )
+
+
+def text_reply_xml(to_user: str, from_user: str, content: str, create_time: int) -> str:
+    """Passive text reply.  *to_user* is the user's OpenID, *from_user* the ``gh_`` id.
+
+    The caller keeps *content* within :data:`TEXT_BUDGET_BYTES` (see :func:`split_text`).
+    """
+    head = _reply_head(to_user, from_user, create_time, "text")
+    return f"{head}<Content>{cdata(content)}</Content></xml>"
+
+
+def image_reply_xml(to_user: str, from_user: str, media_id: str, create_time: int) -> str:
+    """Passive image reply for an uploaded *media_id*."""
+    head = _reply_head(to_user, from_user, create_time, "image")
+    return f"{head}<Image><MediaId>{cdata(media_id)}</MediaId></Image></xml>"
