@@ -147,7 +147,9 @@ _HTML_BREAK_TAGS = frozenset({
     "li", "main", "nav", "ol", "p", "pre", "section", "summary", "table", "think", "tr", "ul",
 })
 # fmt: on
-_HTML_SKIP_CONTENT = frozenset({"script", "style", "template"})
+# Content users must not see: code, and the reasoning of "thinking" models, which Dify apps
+# emit as <think>…</think> or inside a <details> block.
+_HTML_SKIP_CONTENT = frozenset({"script", "style", "template", "think", "details"})
 
 
 @dataclass(slots=True)
@@ -170,6 +172,7 @@ def markdown_to_wechat_text(markdown: str) -> str:
     images ``[图片] alt (url)``; emphasis markers, code fences and HTML tags disappear while
     their text stays.  Blocks are separated by one blank line.
     """
+    markdown = strip_leading_reasoning(markdown)
     if not markdown or markdown.isspace():
         return ""
     try:
@@ -184,6 +187,27 @@ def markdown_to_wechat_text(markdown: str) -> str:
     except RecursionError:  # pragma: no cover - bounded by _MAX_NESTING
         return _normalize_whitespace(_plain_source(markdown))
     return _normalize_whitespace(rendered)
+
+
+_REASONING_TAGS = ("think", "details")
+
+
+def strip_leading_reasoning(answer: str) -> str:
+    """Drop the reasoning block a "thinking" model puts before its answer.
+
+    Dify apps emit it as ``<think>…</think>`` or, in some versions, as a ``<details>``
+    block, possibly spanning several markdown paragraphs. Only a block that opens the
+    answer is removed, so the words ``<think>`` inside the answer or a code block stay.
+    """
+    body = answer.lstrip()
+    lowered = body.lower()
+    for tag in _REASONING_TAGS:
+        if lowered.startswith(f"<{tag}") and lowered[len(tag) + 1 : len(tag) + 2] in (">", " "):
+            end = lowered.find(f"</{tag}>")
+            if end == -1:
+                return answer  # unterminated: keep everything rather than lose the answer
+            return body[end + len(tag) + 3 :]
+    return answer
 
 
 def _plain_source(markdown: str) -> str:
@@ -435,11 +459,11 @@ def _is_ascii_alnum(char: str) -> bool:
 
 
 def _literal_emphasis(children: list[Token]) -> set[int]:
-    """Token indexes of emphasis pairs that are not meant as emphasis; printed literally.
+    """Token indexes of ``*`` emphasis pairs that are really arithmetic; printed literally.
 
-    * ``*`` pairs with a delimiter squeezed between ASCII letters/digits: CommonMark allows
-      intraword ``*`` emphasis, so ``3*4=12 和 5*6=30`` would lose its products.
-    * ``_`` pairs around a bare ASCII identifier, e.g. ``__init__`` or ``_private_``.
+    CommonMark allows intraword ``*`` emphasis, so ``3*4=12 和 5*6=30`` would lose its
+    products.  A pair with a delimiter squeezed between ASCII letters/digits is almost never
+    meant as emphasis in chat answers.
     """
     literal: set[int] = set()
     stack: list[int] = []
@@ -457,16 +481,7 @@ def _literal_emphasis(children: list[Token]) -> set[int]:
                 )
                 if open_intraword or close_intraword:
                     literal.update((opener, index))
-            elif index - opener <= 3 and _is_identifier(children[opener + 1 : index]):
-                literal.update((opener, index))
     return literal
-
-
-def _is_identifier(tokens: list[Token]) -> bool:
-    if not tokens or any(tok.type not in _TEXT_TYPES for tok in tokens):
-        return False
-    word = "".join(tok.content for tok in tokens)
-    return bool(word) and word.isascii() and word.replace("_", "a").isalnum()
 
 
 # --- HTML --------------------------------------------------------------------------------
@@ -618,7 +633,7 @@ def split_text(text: str, budget_bytes: int = TEXT_BUDGET_BYTES) -> list[str]:
             break
         lim = bisect_right(cum, limit, pos) - 1  # text[pos:lim] is the largest fitting slice
         fill = bisect_left(cum, cum[pos] + budget_bytes // _FILL_DIVISOR, pos, lim)
-        end, nxt = _choose_cut(text, pos, first, lim, fill, newlines, ranks)
+        end, nxt = _choose_cut(text, first, lim, fill, newlines, ranks)
         part = text[pos:end].rstrip()
         if part:
             parts.append(part)
@@ -717,39 +732,58 @@ def _starts_structure(stripped: str) -> bool:
 
 def _choose_cut(
     text: str,
-    pos: int,
     first: int,
     lim: int,
     fill: int,
     newlines: list[int],
     ranks: list[int],
 ) -> tuple[int, int]:
-    """Return (end of this part, start of the search for the next part)."""
-    for low in (max(fill, first + 1), first + 1):
-        # 1. line boundaries: the part ends right before the newline at newlines[k]
-        a = bisect_left(newlines, low)
-        b = bisect_right(newlines, lim)
-        if a < b:
-            window = ranks[a:b]
-            best = max(window)
-            k = b - 1 - window[::-1].index(best)
-            return newlines[k], newlines[k] + 1
-        # 2. sentence ends: the part ends right after the punctuation (and closing quotes)
+    """Return (end of this part, start of the search for the next part).
+
+    Order: line breaks outside fenced code (blank line > before a list item/heading/fence >
+    other), then line breaks inside fenced code, then sentence ends, then spaces/commas,
+    then a hard cut.  Within each class a boundary leaving the part at least *fill* full
+    wins over a better-ranked one that would leave it nearly empty.
+    """
+    low_fill = max(fill, first + 1)
+    low_any = first + 1
+    # 1./2. line boundaries: the part ends right before the newline at newlines[k]
+    high = bisect_right(newlines, lim)
+    a_fill = bisect_left(newlines, low_fill)
+    a_any = bisect_left(newlines, low_any)
+    for min_rank in (_RANK_LINE, _RANK_IN_CODE):
+        for a in (a_fill, a_any):
+            k = _best_boundary(ranks, a, high, min_rank)
+            if k != -1:
+                return newlines[k], newlines[k] + 1
+    for low in (low_fill, low_any):
+        # 3. sentence ends: the part ends right after the punctuation (and closing quotes)
         end = _last_sentence_end(text, low - 1, lim)
         if end != -1:
             while end < lim and text[end] in _CLOSERS:
                 end += 1
             return end, end
-        # 3. other whitespace (dropped) or a comma (kept)
+        # 4. other whitespace (dropped) or a comma (kept)
         space = max(text.rfind(char, low, lim + 1) for char in _SPACES)
         comma = max(text.rfind(char, low - 1, lim) for char in _COMMAS)
         if space != -1 or comma != -1:
             if comma + 1 > space:
                 return comma + 1, comma + 1
             return space, space + 1
-    # 4. hard cut, but not inside a grapheme cluster
+    # 5. hard cut, but not inside a grapheme cluster
     end = _grapheme_boundary(text, first + 1, lim)
     return end, end
+
+
+def _best_boundary(ranks: list[int], low: int, high: int, min_rank: int) -> int:
+    """Index of the latest best-ranked boundary in ranks[low:high] ranked >= min_rank."""
+    if low >= high:
+        return -1
+    window = ranks[low:high]
+    best = max(window)
+    if best < min_rank:
+        return -1
+    return high - 1 - window[::-1].index(best)
 
 
 def _last_sentence_end(text: str, low: int, lim: int) -> int:

@@ -3,8 +3,9 @@
 Emulates the Dify API side of an app backwards invocation, i.e. what the plugin receives
 through the daemon:
 
-- Dify ``api/core/plugin/backwards_invocation/app.py`` (``PluginAppBackwardsInvocation.invoke_app``):
-  the *app's* mode decides the behaviour, not the SDK method that was called; chat modes
+- Dify ``api/core/plugin/backwards_invocation/app.py``
+  (``PluginAppBackwardsInvocation.invoke_app``): the *app's* mode decides the behaviour,
+  not the SDK method that was called; chat modes
   (``chat``, ``advanced-chat``, ``agent-chat``) need a non-empty ``query`` ("missing query");
   ``workflow`` and ``completion`` ignore ``query`` and ``conversation_id``; an unknown app id
   is "app not found".
@@ -311,7 +312,9 @@ class ScriptedApp:
             events.append((0.0, wf_started))
             events.append((0.0, node_started))
             for t, d in zip(times, deltas, strict=True):
-                chunk = wf_base("text_chunk", {"text": d, "from_variable_selector": ["llm", "text"]})
+                chunk = wf_base(
+                    "text_chunk", {"text": d, "from_variable_selector": ["llm", "text"]}
+                )
                 events.append((t, chunk))
             events.append((lat, node_finished))
             events.append((lat, wf_finished))

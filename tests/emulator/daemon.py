@@ -89,6 +89,8 @@ _HOP_BY_HOP_RESPONSE = frozenset(
 
 CutMode = Literal["abort", "end"]
 
+_LOAD_FAILED = "load data failed, please check if the key is correct or you have not set it"
+
 
 def _canonical(name: str) -> str:
     """Go's ``textproto.CanonicalMIMEHeaderKey``: ``content-type`` → ``Content-Type``."""
@@ -118,7 +120,9 @@ def build_raw_request(
     """The raw HTTP/1.1 request the daemon hex-encodes into ``raw_http_request``.
 
     Mirrors ``copyRequest`` + Go's ``Request.Write``: request line, ``Host``, ``User-Agent``,
-    ``Content-Length``, then the remaining headers sorted by canonical name.
+    ``Content-Length``, then the remaining headers sorted by canonical name. A client-supplied
+    ``Dify-Hook-Url`` is replaced, as Dify's nginx does (``proxy_set_header Dify-Hook-Url
+    $scheme://$host$request_uri``); ``hook_url`` is that value.
     """
     target = path + (f"?{query}" if query else "")
     lines = [f"{method} {target} HTTP/1.1", f"Host: {host}"]
@@ -654,7 +658,9 @@ class DaemonEmulator:
                 sess.invoke_conn = conn
                 if sess.closed.is_set():
                     return
-            conn.request("POST", "/invoke", body=payload, headers={"Content-Type": "application/json"})
+            conn.request(
+                "POST", "/invoke", body=payload, headers={"Content-Type": "application/json"}
+            )
             resp = conn.getresponse()
             if resp.status != 200:
                 text = resp.read(4096).decode("utf-8", "replace")
@@ -755,7 +761,9 @@ class DaemonEmulator:
                     if typ == "stream":
                         if status is None and "status" in inner:
                             status = int(inner["status"])
-                            headers = {str(k): str(v) for k, v in (inner.get("headers") or {}).items()}
+                            headers = {
+                                str(k): str(v) for k, v in (inner.get("headers") or {}).items()
+                            }
                             if "result" in inner:  # a complete, non-streaming Response
                                 body = bytes.fromhex(inner["result"] or "")
                                 send_head(len(body))
@@ -828,7 +836,11 @@ class DaemonEmulator:
                 "backwards_request_id": request_id,
                 "event": "error",
                 "message": "failed to get session info from cache",
-                "data": {"error_type": "SessionNotFound", "detail": "key not found", "session_id": sid},
+                "data": {
+                    "error_type": "SessionNotFound",
+                    "detail": "key not found",
+                    "session_id": sid,
+                },
             }
             self._simple(h, 400, json.dumps(err).encode(), "text/event-stream")
             return
@@ -879,7 +891,7 @@ class DaemonEmulator:
                 value = self._storage.get(key)
                 if value is None:
                     result: Any = None
-                    error = "load data failed, please check if the key is correct or you have not set it"
+                    error = _LOAD_FAILED
                 else:
                     result, error = {"data": value.hex()}, None
             elif opt == "set":

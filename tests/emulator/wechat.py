@@ -167,9 +167,7 @@ class WeChatSimulator:
         self.time_scale = time_scale
         self.deliveries = deliveries
         self.original_id = original_id
-        self.crypto = (
-            WeChatCrypto(token, encoding_aes_key, app_id) if encoding_aes_key else None
-        )
+        self.crypto = WeChatCrypto(token, encoding_aes_key, app_id) if encoding_aes_key else None
         self.history: list[Delivery] = []
         self._ids = itertools.count(24_000_000_000_000_000 + secrets.randbelow(10**9) * 1000)
         self._ids_lock = threading.Lock()
@@ -193,7 +191,9 @@ class WeChatSimulator:
         headers: Mapping[str, str] | None = None,
     ) -> requests.Response:
         """One request with a *total* deadline; raises ``requests.Timeout`` when it passes."""
-        full = self.url + ("&" if "?" in self.url else "?") + urlencode(params) if params else self.url
+        full = (
+            self.url + ("&" if "?" in self.url else "?") + urlencode(params) if params else self.url
+        )
         parts = urlsplit(full)
         target = parts.path + (f"?{parts.query}" if parts.query else "")
         start = time.monotonic()
@@ -205,7 +205,9 @@ class WeChatSimulator:
                 raise requests.exceptions.ReadTimeout(f"no response within {timeout:.2f}s")
             return left
 
-        conn = http.client.HTTPConnection(parts.hostname or "127.0.0.1", parts.port or 80, timeout=timeout)
+        conn = http.client.HTTPConnection(
+            parts.hostname or "127.0.0.1", parts.port or 80, timeout=timeout
+        )
         hdrs = {"User-Agent": "Mozilla/4.0", "Accept": "*/*", "Pragma": "no-cache"}
         if body is not None:
             hdrs["Content-Type"] = "text/xml"
@@ -315,7 +317,10 @@ class WeChatSimulator:
                 body = xml.replace("</xml>", f"<Encrypt>{cdata(encrypt)}</Encrypt></xml>", 1)
             else:
                 to = str(msg.get("ToUserName") or self.original_id)
-                body = f"<xml><ToUserName>{cdata(to)}</ToUserName><Encrypt>{cdata(encrypt)}</Encrypt></xml>"
+                body = (
+                    f"<xml><ToUserName>{cdata(to)}</ToUserName>"
+                    f"<Encrypt>{cdata(encrypt)}</Encrypt></xml>"
+                )
         if isinstance(tamper, str):
             if tamper not in TAMPER_KINDS:
                 raise ValueError(f"unknown tamper {tamper!r}; one of {TAMPER_KINDS}")

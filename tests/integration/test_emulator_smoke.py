@@ -8,7 +8,6 @@ way Dify does and enforces the session lifetime rule (DESIGN §3).
 
 from __future__ import annotations
 
-import json
 import textwrap
 import time
 from collections.abc import Iterator
@@ -78,7 +77,9 @@ if __name__ == "__main__":
     plugin.run()
 """
 
-ICON = '<svg xmlns="http://www.w3.org/2000/svg" viewBox="0 0 8 8"><rect width="8" height="8"/></svg>'
+ICON = (
+    '<svg xmlns="http://www.w3.org/2000/svg" viewBox="0 0 8 8"><rect width="8" height="8"/></svg>'
+)
 
 _HEADER = """\
 import json
@@ -166,6 +167,7 @@ ENDPOINTS: dict[str, tuple[str, str, str]] = {
                         events.append(chunk.get("event"))
                         answer += chunk.get("answer") or (chunk.get("data") or {}).get("text") or ""
                         out_cid = chunk.get("conversation_id") or out_cid
+                    log("APP_DONE", self.session.session_id, events[-1] if events else None)
                     body = {"events": events, "answer": answer, "conversation_id": out_cid}
                     return Response(json.dumps(body), status=200)
                 except Exception as exc:
@@ -222,8 +224,9 @@ ENDPOINTS: dict[str, tuple[str, str, str]] = {
                     )
                 msg = {child.tag: child.text for child in ET.fromstring(body)}
                 key = "count-" + (msg.get("MsgId") or msg["FromUserName"] + msg["CreateTime"])
-                n = 1 + (int(self.session.storage.get(key)) if self.session.storage.exist(key) else 0)
-                self.session.storage.set(key, str(n).encode())
+                storage = self.session.storage
+                n = 1 + (int(storage.get(key)) if storage.exist(key) else 0)
+                storage.set(key, str(n).encode())
                 slow_first = float(a.get("slow_first") or 0)
                 sleep = float(a.get("sleep") or 0) or (slow_first if n == 1 else 0)
                 if sleep:
@@ -239,11 +242,24 @@ ENDPOINTS: dict[str, tuple[str, str, str]] = {
                     to=msg["FromUserName"],
                     fr=msg["ToUserName"],
                     ts=int(time.time()),
-                    text=f"got: {msg['Content']} (delivery {n})",
+                    text=f"got: {msg['Content']} (delivery {n})".replace("]]>", "]]]]><![CDATA[>"),
                 )
                 if crypto is not None:
                     reply = crypto.encrypt_message(reply, a["nonce"])
                 return Response(reply, status=200, content_type="application/xml")
+        """,
+    ),
+    "boom": (
+        "POST",
+        "/boom",
+        """
+        class Boom(Endpoint):
+            def _invoke(self, r: Request, values: Mapping, settings: Mapping) -> Response:
+                def gen():
+                    yield b"part1;"
+                    raise RuntimeError("kaboom")
+
+                return Response(gen(), status=200, content_type="text/plain")
         """,
     ),
 }
@@ -344,7 +360,11 @@ def test_sorted_query_and_raw_request() -> None:
     head, _, body = raw.partition(b"\r\n\r\n")
     lines = head.decode().split("\r\n")
     assert lines[0] == "POST /wechat?a=1 HTTP/1.1"
-    assert lines[1:4] == ["Host: example.com", "User-Agent: Go-http-client/1.1", "Content-Length: 6"]
+    assert lines[1:4] == [
+        "Host: example.com",
+        "User-Agent: Go-http-client/1.1",
+        "Content-Length: 6",
+    ]
     assert "Dify-Hook-Url: http://127.0.0.1:1/e/h1/wechat?a=1" in lines
     assert "Dify-Hook-Id: h1" in lines
     assert not any(x.lower().startswith(("x-forwarded-for", "x_under")) for x in lines)
@@ -354,8 +374,14 @@ def test_sorted_query_and_raw_request() -> None:
 @pytest.mark.parametrize("mode", ["chat", "advanced-chat", "agent-chat", "workflow", "completion"])
 def test_scripted_app_event_shapes(mode: str) -> None:
     app = ScriptedApp.echo(mode, latency=0.3)  # type: ignore[arg-type]
-    plan = app.plan({"app_id": DEFAULT_APP_ID, "query": "hi", "inputs": {"query": "hi"},
-                     "response_mode": "streaming"})
+    plan = app.plan(
+        {
+            "app_id": DEFAULT_APP_ID,
+            "query": "hi",
+            "inputs": {"query": "hi"},
+            "response_mode": "streaming",
+        }
+    )
     events = [c["event"] for _, c in plan.events]
     times = [t for t, _ in plan.events]
     assert times == sorted(times) and times[-1] == pytest.approx(0.3)
@@ -398,10 +424,11 @@ def test_scripted_app_rules_and_conversations() -> None:
     assert wf.blocking_result is not None
     assert wf.blocking_result["data"]["outputs"] == {"text": "echo: q"}
 
-    failing = ScriptedApp("chat", "partial answer", latency=1.0, error_after=0.5,
-                          error_message="boom")
+    failing = ScriptedApp(
+        "chat", "partial answer", latency=1.0, error_after=0.5, error_message="boom"
+    )
     plan = failing.plan({**base, "query": "x", "response_mode": "streaming"})
-    assert plan.events[-1] == (0.5, plan.events[-1][1])
+    assert plan.events[-1][0] == 0.5
     assert plan.events[-1][1]["event"] == "error" and plan.events[-1][1]["message"] == "boom"
     assert all(c["event"] != "message_end" for _, c in plan.events)
     assert plan.blocking_error == "boom"
@@ -506,6 +533,20 @@ def test_session_cut_stops_app_stream_and_late_calls_fail_fast(emu: DaemonEmulat
     assert "late-key" not in emu.storage
 
 
+def test_cut_mode_end_truncates_the_stream_cleanly(emu: DaemonEmulator) -> None:
+    emu.app = ScriptedApp.echo("chat", latency=2.0, chunks=4)
+    emu.cut_mode = "end"
+    try:
+        with pytest.raises(requests.exceptions.ReadTimeout):
+            requests.post(emu.url("/chat"), data="slow", timeout=0.7)
+        assert emu.wait_for(lambda: bool(emu.app_calls) and emu.app_calls[-1]["cut"], timeout=3)
+        sid = emu.app_calls[-1]["session_id"]
+        # the plugin's generator just ended: last event a delta, never message_end
+        assert emu.wait_for(lambda: f"APP_DONE {sid} message\n" in emu.plugin_logs(), 5)
+    finally:
+        emu.cut_mode = "abort"
+
+
 def test_wechat_timing_all_attempts_time_out(emu: DaemonEmulator) -> None:
     sim = _sim(emu)
     sim.url = emu.url("/wx") + "?sleep=1.6"
@@ -518,9 +559,10 @@ def test_wechat_timing_all_attempts_time_out(emu: DaemonEmulator) -> None:
         assert s == pytest.approx(i * 5 * SCALE, abs=0.15)
     assert all(a.elapsed == pytest.approx(5 * SCALE, abs=0.15) for a in d.attempts)
     # WeChat hung up → each delivery's session ended at its deadline, not when the plugin returned
+    assert emu.wait_idle(2)
     ends = [s for s in emu.sessions[before:] if s["path"] == "/wx"]
-    assert len(ends) == 3
-    assert all(s["end_reason"] == "client_disconnect" for s in ends)
+    assert len(ends) == 3, ends
+    assert all(s["end_reason"] == "client_disconnect" for s in ends), ends
     assert all(s["ended"] - s["started"] < 5 * SCALE + 0.2 for s in ends)
 
 
@@ -539,36 +581,43 @@ def test_wechat_retry_then_reply(emu: DaemonEmulator, mode: str) -> None:
         assert b"<Encrypt>" in attempts[1].body and b"MsgSignature" in attempts[1].body
 
 
-def test_wechat_rejects_bad_replies(emu: DaemonEmulator) -> None:
+def test_wechat_judges_replies(emu: DaemonEmulator) -> None:
     sim = _sim(emu, "safe")
     d = sim.deliver(sim.event("o_evt", "subscribe"))
     assert d.user_saw == [] and len(d.attempts) == 1  # "success": nothing shown, no retry
-    # a reply whose MsgSignature does not verify is malformed for WeChat
-    sim_wrong_token = _sim(emu, "safe")
-    sim_wrong_token.token = "another-token"
-    sim_wrong_token.url = emu.url("/wx")
-    bad = sim_wrong_token.open_reply
     body = sim.post_xml(sim.text("o_x", "hi")).content
+    assert sim.open_reply(body)[0]["Content"] == "got: hi (delivery 1)"
+    other = WeChatSimulator(
+        sim.url, "another-token", SETTINGS["app_id"], SETTINGS["encoding_aes_key"], mode="safe"
+    )
     with pytest.raises(ValueError, match="MsgSignature"):
-        bad(body)
-    assert sim.verify_url().status_code == 404  # the smoke plugin has no GET /wx
+        other.open_reply(body)
+    plain = _sim(emu, "plain")
+    plain.url = emu.url("/kv/not-xml")  # answers 200 "stored": not XML → WeChat's error text
+    d = plain.deliver(plain.text("o_x", "hi"))
+    assert d.user_saw == [WECHAT_FAILURE_TEXT] and "not XML" in (d.problem or "")
+    assert len(d.attempts) == 1
+    assert sim.verify_url().status_code == 404  # no GET /wx: the SDK maps 405 to 404
 
 
 def test_restart_keeps_storage(emulator_factory: EmulatorFactory, plugin_dir: Path) -> None:
     emu = emulator_factory(settings=SETTINGS, plugin_dir=plugin_dir, env={"SMOKE_MARK": "1"})
     assert requests.post(emu.url("/kv/k"), data=b"v", timeout=10).status_code == 200
-    old_port = emu.processes[0].port
+    old_pid = emu.processes[0].pid
     emu.restart_plugins()
-    assert emu.processes[0].port != old_port
+    assert emu.processes[0].pid != old_pid
     assert requests.get(emu.url("/kv/k"), timeout=10).content == b"v"
     assert "smoketoken123" not in emu.plugin_logs()
     assert "POST /invoke" in emu.plugin_logs()
 
 
-def test_plugin_error_becomes_500(emu: DaemonEmulator) -> None:
-    # an underscore header never reaches the SDK (nginx drops it); a malformed body does
+def test_plugin_errors(emu: DaemonEmulator) -> None:
+    # an error after the stream started: status kept, the daemon appends the error text
+    r = requests.post(emu.url("/boom"), timeout=10)
+    assert r.status_code == 200
+    assert r.text.startswith("part1;PluginInvokeError:") and "kaboom" in r.text
+    # an underscore header never reaches the SDK (nginx drops it; h11 would reject it)
     r = requests.post(emu.url("/echo"), headers={"x_bad": "1"}, data=b"x", timeout=10)
-    assert r.status_code == 201
-    raw = json.dumps({"nested": "x" * 10})
-    r = requests.post(emu.url("/kv/" + "k" * 300), data=raw.encode(), timeout=10)
+    assert r.status_code == 201 and "x_bad" not in r.text
+    r = requests.post(emu.url("/kv/" + "k" * 300), data=b"x", timeout=10)
     assert r.status_code == 400 and "less than 256" in r.text
