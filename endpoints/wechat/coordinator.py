@@ -18,7 +18,7 @@ from enum import StrEnum
 
 from . import log_messages as msgs
 from . import timing
-from .dify_app import AppCancelled, AppError, DifyApp
+from .dify_app import AppAnswer, AppCancelled, AppError, DifyApp
 from .factory import handler_for
 from .formatters import TEXT_BUDGET_BYTES, markdown_to_wechat_text, split_text, utf8_len
 from .handlers.base import HandlerContext, Reply
@@ -95,16 +95,22 @@ class Coordinator:
             return self._reply_from(job, message)
 
         job, mine = self._tracker.claim(key, user, lease_until=arrived_at + timing.STORE_GUARD)
-        if mine:
-            self._outbox.track_job(message.from_user, key)
-            query = outcome.query
-            self._spawn(lambda: self._run_app(job, message, query, arrived_at))
-        return self._follow(job, message, arrived_at)
+        if not mine:
+            return self._follow(job, message, arrived_at)
+        query = outcome.query
+        # Start the app before any bookkeeping: every storage call costs window time.
+        self._spawn(lambda: self._run_app(job, message, query, arrived_at))
+        self._outbox.track_job(message.from_user, key)
+        return self._follow(job, message, arrived_at, runs_here=True)
 
-    def _follow(self, job: Job, message: InboundMessage, arrived_at: float) -> Decision:
-        settled = self._tracker.wait_settled(
-            job, until=arrived_at + timing.DELIVERY_DEADLINE, poll_interval=timing.POLL_INTERVAL
-        )
+    def _follow(
+        self, job: Job, message: InboundMessage, arrived_at: float, runs_here: bool = False
+    ) -> Decision:
+        deadline = arrived_at + timing.DELIVERY_DEADLINE
+        # Work started by this delivery wakes it through the in-process signal; storage is
+        # polled only for work running in another request or process.
+        poll = deadline - arrived_at if runs_here else timing.POLL_INTERVAL
+        settled = self._tracker.wait_settled(job, until=deadline, poll_interval=poll)
         if settled.is_settled():
             return self._reply_from(settled, message)
         if settled.is_lost(self._clock()):
@@ -129,6 +135,7 @@ class Coordinator:
             return self._clock() >= guard
 
         state, reason = JobState.DONE, ""
+        answer: AppAnswer | None = None
         try:
             answer = self._app.ask(query, message.from_user, message.app_inputs(), too_late)
             text = markdown_to_wechat_text(answer.text) if answer.text.strip() else ""
@@ -147,6 +154,8 @@ class Coordinator:
             logger.info(msgs.APP_TOO_SLOW, _short(message))
             return
         self._tracker.settle(job, state, parts, reason)
+        if answer is not None and not too_late():
+            self._app.remember(message.from_user, answer)
 
 
 def _short(message: InboundMessage) -> str:

@@ -52,6 +52,7 @@ class AppCancelled(Exception):
 class AppAnswer:
     text: str
     conversation_id: str | None
+    previous_conversation_id: str | None = None
 
 
 def session_app_caller(session: Any) -> AppCaller:
@@ -205,10 +206,17 @@ class DifyApp:
             collector = self._run(query, inputs, None, openid, should_stop)
         if should_stop():
             raise AppCancelled
-        text = collector.answer()
-        if collector.conversation_id and collector.conversation_id != conversation_id:
-            self._conversations.set(openid, collector.conversation_id)
-        return AppAnswer(text=text, conversation_id=collector.conversation_id)
+        return AppAnswer(
+            text=collector.answer(),
+            conversation_id=collector.conversation_id,
+            previous_conversation_id=conversation_id,
+        )
+
+    def remember(self, openid: str, answer: AppAnswer) -> None:
+        """Keep the user's conversation for the next message (a separate step, so the
+        caller can deliver the answer first)."""
+        if answer.conversation_id and answer.conversation_id != answer.previous_conversation_id:
+            self._conversations.set(openid, answer.conversation_id)
 
     def _run(
         self,

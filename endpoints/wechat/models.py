@@ -28,10 +28,14 @@ class InboundMessage(BaseModel):
 
     @property
     def dedupe_key(self) -> str:
-        """WeChat's own dedupe rule: MsgId, or FromUserName + CreateTime for events."""
+        """WeChat's dedupe rule: MsgId, or FromUserName + CreateTime for events. Events also
+        carry their name and key, so two different taps within one second stay apart while
+        WeChat's retries (identical XML) still match."""
         if self.msg_id:
             return f"m:{self.msg_id}"
-        return f"e:{self.from_user}:{self.create_time}"
+        event = str(getattr(self, "event", "")).lower()
+        key = str(getattr(self, "event_key", ""))
+        return f"e:{self.from_user}:{self.create_time}:{event}:{key}"
 
     def app_inputs(self) -> dict[str, str]:
         """Metadata handed to the Dify app in ``inputs`` (names documented in the README)."""

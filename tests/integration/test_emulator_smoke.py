@@ -456,6 +456,7 @@ def test_request_round_trip(emu: DaemonEmulator) -> None:
     assert "x-forwarded-for" not in headers
     assert headers["dify-hook-id"] == emu.hook_id
     assert headers["dify-hook-url"] == emu.url("/echo") + "?z=2&a=1&a=0"
+    assert emu.wait_idle(2)  # the session closes just after the response is finished
     sessions = {s["session_id"]: s for s in emu.sessions}
     assert sessions[info["session_id"]]["end_reason"] == "response"
 

@@ -20,6 +20,8 @@ def test_chat_stream_collects_deltas_and_keeps_conversation() -> None:
     app, conversations = make(caller)
     answer = app.ask("hi", "openid-1", {"wechat_msg_type": "text"})
     assert answer.text == "hello world, how are you?"
+    assert conversations.get("openid-1") is None  # stored only when the caller says so
+    app.remember("openid-1", answer)
     assert conversations.get("openid-1") == "conv-9"
     app.ask("again", "openid-1", {})
     assert caller.calls[1]["conversation_id"] == "conv-9"
@@ -143,8 +145,11 @@ def test_stale_conversation_is_dropped_and_retried_once_fresh() -> None:
     caller = ScriptedCaller(respond)
     app, conversations = make(caller)
     conversations.set("u", "stale")
-    assert app.ask("q", "u", {}).text == "fresh answer"
+    answer = app.ask("q", "u", {})
+    assert answer.text == "fresh answer"
     assert [c["conversation_id"] for c in caller.calls] == ["stale", None]
+    assert conversations.get("u") is None  # the stale one is gone at once
+    app.remember("u", answer)
     assert conversations.get("u") == "conv-new"
 
 

@@ -63,7 +63,9 @@ def test_fields_of_each_type() -> None:
 def test_dedupe_keys() -> None:
     assert parse_message(samples.text("a", msg_id=42)).dedupe_key == "m:42"
     event = parse_message(samples.event("CLICK", "K", ts=99))
-    assert event.dedupe_key == f"e:{samples.USER}:99"
+    assert event.dedupe_key == f"e:{samples.USER}:99:click:K"
+    other = parse_message(samples.event("VIEW", "https://x", ts=99))
+    assert other.dedupe_key != event.dedupe_key
 
 
 def test_unknown_fields_are_kept_not_errors() -> None:
