@@ -1,0 +1,220 @@
+"""Errors raised by the WeChat server API client.
+
+Exception tree::
+
+    WeChatError                  anything this package raises
+    ├── TransportError           no usable answer: network error, timeout (``timed_out``),
+    │                            HTTP error without a JSON body, non-JSON or malformed body
+    └── WeChatAPIError           WeChat answered ``errcode != 0``: ``errcode``, ``errmsg``, ``hint``
+        ├── AccessTokenInvalid   40001, 40014, 42001 — the client refreshes and retries once
+        ├── IPNotWhitelisted     40164 — ``ip`` is the egress address WeChat saw
+        ├── Unauthorized         48001 — the account has no right to this API
+        ├── OutOfWindow          45015 — no user message in the last 48 h, or unsubscribed
+        ├── QuotaExceeded        45047 — the per-interaction customer-service quota is used
+        ├── ContentTooLong       45002
+        ├── RateLimited          45009, 45011, -1 — try again later
+        ├── UserUnavailable      40003, 43004, 48002 — bad OpenID, not following, blocked
+        └── CredentialError      40013, 40125, 40243 — AppID / AppSecret wrong or frozen;
+                                 41002, 41004 — AppID / AppSecret missing
+
+``error_for(errcode, errmsg)`` is the only place that turns an errcode into an exception;
+unknown codes become a plain ``WeChatAPIError``. Codes and meanings:
+``/work/shared/reference/wechat-protocol.md`` §7-§9 and
+https://developers.weixin.qq.com/doc/offiaccount/Getting_Started/Global_Return_Code.html
+
+Texts are safe to log: every message goes through :func:`sanitize`, which drops query
+strings from URLs (``access_token=`` and ``secret=`` travel there) and masks the values
+given as ``redact`` (the client passes its AppSecret and access tokens). Network errors of
+the HTTP library embed the full URL, so the client never chains them (``from None``).
+Each error carries ``hint``: one English sentence telling the admin what to do.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable
+from typing import ClassVar
+
+REDACTED = "***"
+
+# A URL's query string (everything from "?" up to whitespace or a closing quote/bracket).
+_URL_QUERY_RE = re.compile(r"(?P<url>\b[a-zA-Z][a-zA-Z0-9+.-]*://[^\s?\"'<>]*)\?[^\s\"'<>]*")
+# Credentials that may appear outside a URL, e.g. "access_token=...; secret: ...".
+_CREDENTIAL_RE = re.compile(
+    r"(?P<name>access_token|secret|appsecret)(?P<sep>\s*[=:]\s*)[^\s&,;\"']+", re.IGNORECASE
+)
+_IP_RE = re.compile(r"invalid ip\s+([0-9A-Fa-f.:]+[0-9A-Fa-f])")
+_MAX_ERRMSG = 500  # WeChat's errmsg is short; a proxy's error page is not
+
+
+def sanitize(text: str, redact: Iterable[str] = ()) -> str:
+    """``text`` without URL query strings, credential assignments or the ``redact`` values."""
+    for value in sorted((v for v in redact if v and len(v) >= 4), key=len, reverse=True):
+        text = text.replace(value, REDACTED)
+    text = _URL_QUERY_RE.sub(r"\g<url>", text)
+    text = _CREDENTIAL_RE.sub(lambda m: f"{m['name']}{m['sep']}{REDACTED}", text)
+    text = text.replace("?", "")  # any leftover query-looking fragment
+    if len(text) > _MAX_ERRMSG:
+        text = text[:_MAX_ERRMSG] + "…"
+    return text
+
+
+class WeChatError(Exception):
+    """Base of everything the WeChat API client raises."""
+
+    hint: str = "See the plugin log for details."
+
+
+class TransportError(WeChatError):
+    """No usable answer from the WeChat API: network error, timeout, HTTP or body error.
+
+    The message names the API path (never a query string) and the kind of failure; the
+    underlying exception is deliberately not chained because it embeds the full URL.
+    """
+
+    hint = (
+        "The WeChat API could not be reached or answered garbage: check the server's "
+        "network access to the WeChat API base URL and try again."
+    )
+
+    def __init__(self, message: str, *, timed_out: bool = False) -> None:
+        super().__init__(sanitize(message))
+        self.timed_out = timed_out
+
+
+class WeChatAPIError(WeChatError):
+    """WeChat answered with ``errcode != 0``."""
+
+    codes: ClassVar[tuple[int, ...]] = ()
+    hint = "WeChat refused the call; look the errcode up in WeChat's global return codes."
+
+    def __init__(self, errcode: int, errmsg: str, *, hint: str | None = None) -> None:
+        self.errcode = errcode
+        self.errmsg = sanitize(errmsg)
+        if hint is not None:
+            self.hint = hint
+        super().__init__(f"WeChat API error {errcode}: {self.errmsg}")
+
+
+class AccessTokenInvalid(WeChatAPIError):
+    codes = (40001, 40014, 42001)
+    hint = (
+        "The access token was rejected even after a refresh: check that the AppSecret is "
+        "current and that no other system force-refreshes this account's stable token."
+    )
+
+
+class IPNotWhitelisted(WeChatAPIError):
+    codes = (40164,)
+    hint = (
+        "Add this server's egress IP to the Official Account's IP whitelist "
+        "(设置与开发 → 基本配置 → IP白名单)."
+    )
+
+    def __init__(self, errcode: int, errmsg: str, *, hint: str | None = None) -> None:
+        super().__init__(errcode, errmsg, hint=hint)
+        match = _IP_RE.search(errmsg)
+        self.ip: str | None = match.group(1) if match else None
+        if hint is None and self.ip:
+            self.hint = (
+                f"Add {self.ip} to the Official Account's IP whitelist "
+                "(设置与开发 → 基本配置 → IP白名单)."
+            )
+
+
+class Unauthorized(WeChatAPIError):
+    codes = (48001,)
+    hint = (
+        "This account may not use the API: customer-service messages need a verified "
+        "(认证) subscription or service account that is not personal-subject; use a test "
+        "account or the fetch delivery mode instead."
+    )
+
+
+class OutOfWindow(WeChatAPIError):
+    codes = (45015,)
+    hint = (
+        "The user has not messaged the account in the last 48 hours or has unfollowed it; "
+        "wait for the user's next message."
+    )
+
+
+class QuotaExceeded(WeChatAPIError):
+    codes = (45047,)
+    hint = (
+        "The customer-service quota for this user is used up (5 messages per user message "
+        "within 48 h); send fewer, longer parts or let the user fetch the rest."
+    )
+
+
+class ContentTooLong(WeChatAPIError):
+    codes = (45002,)
+    hint = "The message is too long; split it into parts of at most 2048 UTF-8 bytes."
+
+
+class RateLimited(WeChatAPIError):
+    codes = (45009, 45011, -1)
+    hint = (
+        "WeChat is busy or an API limit was reached; try again later (a daily limit can be "
+        "reset with clear_quota in the WeChat console)."
+    )
+
+
+class UserUnavailable(WeChatAPIError):
+    codes = (40003, 43004, 48002)
+    hint = (
+        "The user cannot be messaged: the OpenID is not of this account, the user does not "
+        "follow it, or has blocked its messages."
+    )
+
+
+class CredentialError(WeChatAPIError):
+    codes = (40013, 40125, 40243, 41002, 41004)
+    hint = (
+        "The AppID or AppSecret is wrong or the AppSecret is frozen: copy both again from "
+        "设置与开发 → 基本配置 (reset the AppSecret if needed)."
+    )
+
+
+_CLASSES: tuple[type[WeChatAPIError], ...] = (
+    AccessTokenInvalid,
+    IPNotWhitelisted,
+    Unauthorized,
+    OutOfWindow,
+    QuotaExceeded,
+    ContentTooLong,
+    RateLimited,
+    UserUnavailable,
+    CredentialError,
+)
+_BY_CODE: dict[int, type[WeChatAPIError]] = {code: cls for cls in _CLASSES for code in cls.codes}
+
+# Hints for codes that have no class of their own, or a more precise text than the class.
+_HINTS: dict[int, str] = {
+    -1: "WeChat reports a system error; try again in a few seconds.",
+    40001: (
+        "The access token was rejected even after a refresh: check that the AppSecret is "
+        "current (it may have been reset) and that no other system force-refreshes the "
+        "stable token."
+    ),
+    40007: "The media_id is invalid or expired (temporary media lives 3 days).",
+    40013: "The AppID is wrong: copy it again from 设置与开发 → 基本配置.",
+    40125: "The AppSecret is wrong: copy it again (or reset it) in 设置与开发 → 基本配置.",
+    40243: "The AppSecret is frozen: unfreeze or reset it in 设置与开发 → 基本配置.",
+    41001: "The access token is missing from the request.",
+    41002: "The AppID is missing: enter it in the endpoint settings.",
+    41004: "The AppSecret is missing: enter it in the endpoint settings (设置与开发 → 基本配置).",
+    43002: "WeChat expects a POST for this API.",
+    45009: "The daily API limit was reached; wait or reset it with clear_quota (10 per month).",
+    45011: "Too many calls per minute; slow down and try again shortly.",
+    45072: "The typing command is invalid (only Typing and CancelTyping exist).",
+    45080: "A typing indicator needs a user interaction within the last 30 seconds.",
+    45081: "A typing indicator is already shown (it lasts 15 seconds).",
+    89503: "WeChat wants an admin to confirm calls from this IP (risky IP); confirm in the app.",
+}
+
+
+def error_for(errcode: int, errmsg: str, *, redact: Iterable[str] = ()) -> WeChatAPIError:
+    """The typed exception for a WeChat ``errcode``; ``redact`` values are masked in texts."""
+    cls = _BY_CODE.get(errcode, WeChatAPIError)
+    return cls(errcode, sanitize(errmsg, redact), hint=_HINTS.get(errcode))
