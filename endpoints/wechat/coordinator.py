@@ -89,28 +89,37 @@ class Coordinator:
         if isinstance(outcome, Reply):
             if outcome.text is None:
                 return ACK
-            parts = paginate(outcome.text, self._ctx.settings.fetch_keyword)
+            if outcome.paginated:  # already one WeChat-sized part (a fetched part)
+                parts = [outcome.text]
+            else:
+                parts = paginate(outcome.text, self._ctx.settings.fetch_keyword)
             job = self._tracker.record_instant(key, user, parts)
-            self._outbox.track_job(message.from_user, key)
+            self._outbox.track_job(key)
             return self._reply_from(job, message)
 
         job, mine = self._tracker.claim(key, user, lease_until=arrived_at + timing.STORE_GUARD)
         if not mine:
             return self._follow(job, message, arrived_at)
         query = outcome.query
-        # Start the app before any bookkeeping: every storage call costs window time.
-        self._spawn(lambda: self._run_app(job, message, query, arrived_at))
-        self._outbox.track_job(message.from_user, key)
-        return self._follow(job, message, arrived_at, runs_here=True)
+        finished = threading.Event()
+        # Watch before starting the work so its hand-over cannot be missed, and start the
+        # app before any bookkeeping: every storage call costs window time.
+        self._tracker.watch(key)
+        try:
+            self._spawn(lambda: self._run_app(job, message, query, arrived_at, finished))
+            self._outbox.track_job(key)
+            decision = self._follow(job, message, arrived_at)
+        finally:
+            self._tracker.release(key)
+        # The work may still be writing the outcome and the conversation with this
+        # request's session: the request must not end before it has (bounded by the guard).
+        finished.wait(timeout=max(0.0, arrived_at + timing.STORE_GUARD - self._clock()))
+        return decision
 
-    def _follow(
-        self, job: Job, message: InboundMessage, arrived_at: float, runs_here: bool = False
-    ) -> Decision:
-        deadline = arrived_at + timing.DELIVERY_DEADLINE
-        # Work started by this delivery wakes it through the in-process signal; storage is
-        # polled only for work running in another request or process.
-        poll = deadline - arrived_at if runs_here else timing.POLL_INTERVAL
-        settled = self._tracker.wait_settled(job, until=deadline, poll_interval=poll)
+    def _follow(self, job: Job, message: InboundMessage, arrived_at: float) -> Decision:
+        settled = self._tracker.wait_settled(
+            job, until=arrived_at + timing.DELIVERY_DEADLINE, poll_interval=timing.POLL_INTERVAL
+        )
         if settled.is_settled():
             return self._reply_from(settled, message)
         if settled.is_lost(self._clock()):
@@ -125,37 +134,50 @@ class Coordinator:
         text = job.parts[0]
         if len(job.parts) > 1:
             text += MORE_HINT.format(keyword=self._ctx.settings.fetch_keyword)
-            self._outbox.add_remainder(message.from_user, job.key, 1, len(job.parts))
+            self._outbox.add_remainder(message.from_user, job.key, job.parts[1:])
         return Decision(Action.REPLY, text)
 
-    def _run_app(self, job: Job, message: InboundMessage, query: str, arrived_at: float) -> None:
+    def _run_app(
+        self,
+        job: Job,
+        message: InboundMessage,
+        query: str,
+        arrived_at: float,
+        finished: threading.Event,
+    ) -> None:
         guard = arrived_at + timing.STORE_GUARD
 
         def too_late() -> bool:
             return self._clock() >= guard
 
-        state, reason = JobState.DONE, ""
-        answer: AppAnswer | None = None
         try:
-            answer = self._app.ask(query, message.from_user, message.app_inputs(), too_late)
-            text = markdown_to_wechat_text(answer.text) if answer.text.strip() else ""
-            parts = paginate(text or EMPTY_ANSWER, self._ctx.settings.fetch_keyword)
-        except AppCancelled:
-            logger.info(msgs.APP_TOO_SLOW, _short(message))
-            return
-        except AppError as exc:
-            logger.warning(msgs.APP_FAILED, _short(message), message.msg_type, exc.reason)
-            state, reason, parts = JobState.FAILED, exc.reason, [self._ctx.settings.error_message]
-        except Exception as exc:
+            state, reason = JobState.DONE, ""
+            answer: AppAnswer | None = None
+            try:
+                answer = self._app.ask(query, message.from_user, message.app_inputs(), too_late)
+                text = markdown_to_wechat_text(answer.text) if answer.text.strip() else ""
+                parts = paginate(text or EMPTY_ANSWER, self._ctx.settings.fetch_keyword)
+            except AppCancelled:
+                logger.info(msgs.APP_TOO_SLOW, _short(message))
+                return
+            except AppError as exc:
+                logger.warning(msgs.APP_FAILED, _short(message), message.msg_type, exc.reason)
+                state, reason = JobState.FAILED, exc.reason
+                parts = [self._ctx.settings.error_message]
+            except Exception as exc:
+                logger.exception(msgs.HANDLER_FAILED, _short(message))
+                state, reason = JobState.FAILED, type(exc).__name__
+                parts = [self._ctx.settings.error_message]
+            if too_late():
+                logger.info(msgs.APP_TOO_SLOW, _short(message))
+                return
+            self._tracker.settle(job, state, parts, reason)
+            if answer is not None and not too_late():
+                self._app.remember(message.from_user, answer)
+        except Exception:
             logger.exception(msgs.HANDLER_FAILED, _short(message))
-            state, reason = JobState.FAILED, type(exc).__name__
-            parts = [self._ctx.settings.error_message]
-        if too_late():
-            logger.info(msgs.APP_TOO_SLOW, _short(message))
-            return
-        self._tracker.settle(job, state, parts, reason)
-        if answer is not None and not too_late():
-            self._app.remember(message.from_user, answer)
+        finally:
+            finished.set()
 
 
 def _short(message: InboundMessage) -> str:

@@ -75,8 +75,9 @@ class Refused(Exception):
 _logged_once: set[str] = set()
 
 
-def _log_once(text: str, *args: object) -> None:
-    key = text % args if args else text
+def _log_once(scope: str, text: str, *args: object) -> None:
+    """Log a configuration warning once per process and endpoint, not per request."""
+    key = scope + "\0" + (text % args if args else text)
     if key not in _logged_once:
         _logged_once.add(key)
         logger.warning(text, *args)
@@ -93,7 +94,7 @@ def handle_get(request: HttpRequest, settings: Settings, endpoint_url: str) -> H
     nonce = request.query.get("nonce", "")
     echostr = request.query.get("echostr", "")
     if not settings.token:
-        _log_once(msgs.NOT_CONFIGURED, "the Token is missing")
+        _log_once(endpoint_url, msgs.NOT_CONFIGURED, "the Token is missing")
         return _refuse("GET", 403, "no Token configured")
     if not (signature and timestamp and nonce and echostr):
         return _refuse("GET", 403, "missing verification parameters")
@@ -121,31 +122,45 @@ class _Verified:
 def handle_post(request: HttpRequest, settings: Settings, runtime: Runtime) -> HttpReply:
     arrived_at = runtime.clock()
     try:
-        verified = _verify_and_parse(request, settings, arrived_at)
+        verified = _verify_and_parse(request, settings, arrived_at, runtime.endpoint_id)
     except Refused as refusal:
         return _refuse("POST", refusal.status, refusal.reason)
 
-    store = EndpointStore(runtime.storage, runtime.endpoint_id)
-    # In encrypted modes msg_signature covers the body, so a replay carries the same message
-    # and is caught by deduplication; only plain mode needs the replay guard.
-    if verified.crypto is None:
-        guard = ReplayGuard(store, settings.timestamp_tolerance, runtime.clock)
-        if not guard.admit(verified.signature, verified.message.dedupe_key):
-            return _refuse("POST", 403, "replayed signature with a different message")
-
     message = verified.message
     logger.debug(msgs.MESSAGE_RECEIVED, message.msg_type, message.dedupe_key)
-    tracker = RetryTracker(store, runtime.clock)
-    conversations = ConversationStore(store, runtime.clock)
-    ctx = HandlerContext(settings, conversations, Outbox(store, tracker, runtime.clock))
-    app = DifyApp(runtime.app_caller, settings.dify_app_id, settings.dify_app_inputs, conversations)
-    decision = Coordinator(ctx, tracker, app, runtime.clock).process(message, arrived_at)
+    store = EndpointStore(runtime.storage, runtime.endpoint_id)
+    try:
+        # In encrypted modes msg_signature covers the body, so a replay carries the same
+        # message and is caught by deduplication; only plain mode needs the replay guard.
+        if verified.crypto is None:
+            guard = ReplayGuard(store, settings.timestamp_tolerance, runtime.clock)
+            if not guard.admit(verified.signature, message.dedupe_key):
+                return _refuse("POST", 403, "replayed signature with a different message")
+        tracker = RetryTracker(store, runtime.clock)
+        conversations = ConversationStore(store, runtime.clock)
+        # Job records double as replay markers in encrypted mode: keep them for the whole
+        # window in which a captured request's timestamp would still be accepted.
+        outbox = Outbox(
+            store, tracker, runtime.clock, job_retention=2 * settings.timestamp_tolerance
+        )
+        ctx = HandlerContext(settings, conversations, outbox)
+        app = DifyApp(
+            runtime.app_caller, settings.dify_app_id, settings.dify_app_inputs, conversations
+        )
+        decision = Coordinator(ctx, tracker, app, runtime.clock).process(message, arrived_at)
+    except Exception:
+        # Storage down or full, or a bug: the user gets the friendly text, not WeChat's
+        # "该公众号暂时无法提供服务"; the log gets the trace (no content, no secrets).
+        logger.exception(msgs.HANDLER_FAILED, message.msg_type)
+        decision = Decision(Action.REPLY, settings.error_message)
     return _render(decision, verified, settings, runtime.clock, arrived_at)
 
 
-def _verify_and_parse(request: HttpRequest, settings: Settings, now: float) -> _Verified:
+def _verify_and_parse(
+    request: HttpRequest, settings: Settings, now: float, scope: str = ""
+) -> _Verified:
     if not settings.can_verify:
-        _log_once(msgs.NOT_CONFIGURED, "the Token is missing")
+        _log_once(scope, msgs.NOT_CONFIGURED, "the Token is missing")
         raise Refused(403, "no Token configured")
     if len(request.body) > MAX_BODY_BYTES:
         raise Refused(413, "body too large")
@@ -170,7 +185,7 @@ def _verify_and_parse(request: HttpRequest, settings: Settings, now: float) -> _
     replay_signature = signature
     if encrypt_type == "aes":
         if not settings.encrypted_mode_available:
-            _log_once(msgs.ENCRYPTED_WITHOUT_KEY)
+            _log_once(scope, msgs.ENCRYPTED_WITHOUT_KEY)
             raise Refused(403, "encrypted message but no valid EncodingAESKey configured")
         msg_signature = query.get("msg_signature", "")
         encrypted = fields.get("Encrypt")
@@ -193,7 +208,7 @@ def _verify_and_parse(request: HttpRequest, settings: Settings, now: float) -> _
     elif settings.encoding_aes_key:
         # A key is configured, so the account runs in compatible or safe mode: a plaintext
         # request here would silently switch encryption off.
-        _log_once(msgs.PLAINTEXT_WITH_KEY)
+        _log_once(scope, msgs.PLAINTEXT_WITH_KEY)
         raise Refused(403, "plaintext message while an EncodingAESKey is configured")
 
     try:

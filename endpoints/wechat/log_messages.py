@@ -19,5 +19,5 @@ APP_TOO_SLOW = "Dify app answered after the reply window of message %s; the answ
 ANSWER_LOST = "No answer for message %s within WeChat's deliveries; sent the too-slow reply"
 MESSAGE_RECEIVED = "Received %s message %s"
 REPLIED = "Replied to message %s (%s, %d part(s))"
-HANDLER_FAILED = "Handling message %s failed unexpectedly"
+HANDLER_FAILED = "Handling message %s failed unexpectedly; sent the error reply"
 INTERNAL_ERROR = "Unexpected error while handling a WeChat %s request"

@@ -1,36 +1,42 @@
-"""Per-user index: recent jobs (for lazy cleanup) and answer parts waiting to be fetched.
+"""What outlives a message: answer parts waiting to be fetched, and the lazy sweep that
+keeps storage bounded.
 
-Storage has no TTL and no key listing, so every job a user causes is remembered here and
-deleted lazily the next time that user writes: settled jobs are kept only for WeChat's
-retry window, jobs with undelivered parts until fetched or expired.
+Storage has no TTL and no key listing, so every record the plugin leaves behind is noted
+in one bounded ring per endpoint with its expiry, and expired records are deleted by later
+requests: job records (dedupe + reply) after the replay window, a user's waiting parts
+after the answer retention. Concurrent writers may lose a ring update; the cost is a
+record that lingers, never a wrong answer.
 """
 
 from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from .retry_tracker import RetryTracker
 from .storage import EndpointStore, hashed
 
-_KIND = "user"
+_USER_KIND = "user"
+_RING_KIND = "sweep"
+_RING_IDENT = "ring"
 
-#: How long a job record is kept for WeChat's retries (three deliveries in ~15 s).
-JOB_RETENTION_SECONDS = 120.0
+#: Shortest life of a job record: WeChat's three deliveries take ~15 s.
+MIN_JOB_RETENTION_SECONDS = 120.0
 #: How long an undelivered remainder stays fetchable.
 ANSWER_RETENTION_SECONDS = 24 * 3600.0
-#: Bound on remembered jobs per user, so a record never grows without limit.
-MAX_TRACKED_JOBS = 50
+#: Bound on the sweep ring; when full, the oldest records are deleted early.
+MAX_RING_ENTRIES = 1000
+#: Bound on answers waiting per user (the oldest is dropped beyond it).
+MAX_PENDING_ANSWERS = 5
 
 
 @dataclass
 class PendingAnswer:
     job: str
-    next_part: int
-    total: int
-    stored_at: float
+    parts: list[str] = field(default_factory=list)
+    stored_at: float = 0.0
 
 
 class Outbox:
@@ -40,93 +46,98 @@ class Outbox:
         tracker: RetryTracker,
         clock: Callable[[], float] = time.time,
         retention: float = ANSWER_RETENTION_SECONDS,
+        job_retention: float = MIN_JOB_RETENTION_SECONDS,
     ) -> None:
         self._store = store
         self._tracker = tracker
         self._clock = clock
         self._retention = retention
+        self._job_retention = max(MIN_JOB_RETENTION_SECONDS, job_retention)
 
-    def _load(self, openid: str) -> tuple[list[list[Any]], list[PendingAnswer]]:
-        record = self._store.load(_KIND, hashed(openid)) or {}
-        jobs = [j for j in record.get("jobs", []) if isinstance(j, list) and len(j) == 2]
+    # --- sweep ring --------------------------------------------------------------------
+
+    def track_job(self, job_key: str) -> None:
+        """Note a new job record; expired records of anyone are deleted on the way."""
+        self._track("j", job_key, self._clock() + self._job_retention)
+
+    def _track(self, kind: str, ident: str, expires_at: float) -> None:
+        now = self._clock()
+        record = self._store.load(_RING_KIND, _RING_IDENT) or {}
+        entries = [e for e in record.get("entries", []) if isinstance(e, list) and len(e) == 3]
+        live: list[list[Any]] = []
+        for entry in entries:
+            if float(entry[2]) <= now:
+                self._expire(str(entry[0]), str(entry[1]))
+            else:
+                live.append(entry)
+        if not any(e[0] == kind and e[1] == ident for e in live):
+            live.append([kind, ident, round(expires_at)])
+        while len(live) > MAX_RING_ENTRIES:
+            oldest = live.pop(0)
+            self._expire(str(oldest[0]), str(oldest[1]))
+        self._store.save(_RING_KIND, _RING_IDENT, {"v": 1, "entries": live})
+
+    def _expire(self, kind: str, ident: str) -> None:
+        if kind == "j":
+            self._tracker.remove(ident)
+        elif kind == "u":
+            pending = self._live_pending(self._load_pending(ident))
+            if pending:
+                self._save_pending(ident, pending)
+            else:
+                self._store.remove(_USER_KIND, ident)
+
+    # --- waiting answer parts ------------------------------------------------------------
+
+    def _load_pending(self, user_ident: str) -> list[PendingAnswer]:
+        record = self._store.load(_USER_KIND, user_ident) or {}
         pending: list[PendingAnswer] = []
         for item in record.get("pending", []):
             try:
                 pending.append(PendingAnswer(**item))
             except TypeError:
                 continue
-        return jobs, pending
+        return pending
 
-    def _save(self, openid: str, jobs: list[list[Any]], pending: list[PendingAnswer]) -> None:
-        self._store.save(
-            _KIND,
-            hashed(openid),
-            {
-                "v": 1,
-                "jobs": jobs[-MAX_TRACKED_JOBS:],
-                "pending": [p.__dict__ for p in pending],
-            },
-        )
+    def _save_pending(self, user_ident: str, pending: list[PendingAnswer]) -> None:
+        if pending:
+            record = {"v": 1, "pending": [asdict(p) for p in pending]}
+            self._store.save(_USER_KIND, user_ident, record)
+        else:
+            self._store.remove(_USER_KIND, user_ident)
+
+    def _live_pending(self, pending: list[PendingAnswer]) -> list[PendingAnswer]:
+        now = self._clock()
+        return [p for p in pending if p.parts and now - p.stored_at < self._retention]
 
     def has_pending(self, openid: str) -> bool:
-        now = self._clock()
-        _, pending = self._load(openid)
-        return any(now - p.stored_at < self._retention for p in pending)
+        return bool(self._live_pending(self._load_pending(hashed(openid))))
 
-    def track_job(self, openid: str, job_key: str) -> None:
-        """Remember a new job of this user and clean up the ones no longer needed."""
-        now = self._clock()
-        jobs, pending = self._load(openid)
-        live_pending = [p for p in pending if now - p.stored_at < self._retention]
-        needed = {p.job for p in live_pending}
-        kept: list[list[Any]] = []
-        for key, created in jobs:
-            if key in needed or now - float(created) < JOB_RETENTION_SECONDS:
-                kept.append([key, created])
-            else:
-                self._tracker.remove(str(key))
-        for expired in pending:
-            if expired not in live_pending and expired.job not in needed:
-                self._tracker.remove(expired.job)
-        if not any(key == job_key for key, _ in kept):
-            kept.append([job_key, now])
-        self._save(openid, kept, live_pending)
-
-    def add_remainder(self, openid: str, job_key: str, next_part: int, total: int) -> None:
-        """Parts ``next_part..total-1`` of a job's answer wait to be fetched."""
-        if next_part >= total:
+    def add_remainder(self, openid: str, job_key: str, parts: list[str]) -> None:
+        """Keep ``parts`` (the rest of a job's answer) until fetched or expired."""
+        if not parts:
             return
-        jobs, pending = self._load(openid)
+        ident = hashed(openid)
+        pending = self._live_pending(self._load_pending(ident))
         if any(p.job == job_key for p in pending):
             return  # a retried delivery of the same message
-        pending.append(PendingAnswer(job_key, next_part, total, self._clock()))
-        self._save(openid, jobs, pending)
+        pending.append(PendingAnswer(job_key, list(parts), self._clock()))
+        self._save_pending(ident, pending[-MAX_PENDING_ANSWERS:])
+        self._track("u", ident, self._clock() + self._retention)
 
     def take_next(self, openid: str) -> tuple[str, bool] | None:
-        """Pop the next undelivered part (oldest answer first) → (text, more_waiting)."""
-        now = self._clock()
-        jobs, pending = self._load(openid)
-        pending = [p for p in pending if now - p.stored_at < self._retention]
-        while pending:
-            head = pending[0]
-            job = self._tracker.get(head.job)
-            if job is None or head.next_part >= len(job.parts):
-                pending.pop(0)
-                continue
-            text = job.parts[head.next_part]
-            head.next_part += 1
-            if head.next_part >= len(job.parts):
-                pending.pop(0)
-            self._save(openid, jobs, pending)
-            return text, bool(pending)
-        self._save(openid, jobs, pending)
-        return None
+        """Pop the next waiting part (oldest answer first) → (text, more_waiting)."""
+        ident = hashed(openid)
+        pending = self._live_pending(self._load_pending(ident))
+        if not pending:
+            return None
+        head = pending[0]
+        text = head.parts.pop(0)
+        if not head.parts:
+            pending.pop(0)
+        self._save_pending(ident, pending)
+        return text, bool(pending)
 
     def forget_user(self, openid: str) -> None:
-        """Delete everything kept for a user (they unfollowed the account)."""
-        jobs, pending = self._load(openid)
-        for key, _ in jobs:
-            self._tracker.remove(str(key))
-        for item in pending:
-            self._tracker.remove(item.job)
-        self._store.remove(_KIND, hashed(openid))
+        """Delete what is kept for a user (they unfollowed the account)."""
+        self._store.remove(_USER_KIND, hashed(openid))

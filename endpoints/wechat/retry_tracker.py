@@ -73,30 +73,48 @@ class Job:
             return None
 
 
+@dataclass
+class _Slot:
+    event: threading.Event = field(default_factory=threading.Event)
+    job: Job | None = None
+    watchers: int = 0
+
+
 class LocalSignals:
-    """Wake-ups for deliveries waiting in this process (threading.Event is a gevent
-    primitive once the SDK has monkey-patched the process)."""
+    """Hands a settled job to deliveries waiting in the same process, without a storage
+    round trip (threading.Event is a gevent primitive once the SDK has monkey-patched the
+    process). A waiter registers *before* the work starts, so no wake-up is missed."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._events: dict[str, threading.Event] = {}
+        self._slots: dict[str, _Slot] = {}
 
-    def event_for(self, key: str) -> threading.Event:
+    def watch(self, key: str) -> _Slot:
         with self._lock:
-            event = self._events.get(key)
-            if event is None:
-                event = self._events[key] = threading.Event()
-            return event
+            slot = self._slots.get(key)
+            if slot is None:
+                slot = self._slots[key] = _Slot()
+            slot.watchers += 1
+            return slot
 
-    def fire(self, key: str) -> None:
+    def release(self, key: str) -> None:
         with self._lock:
-            event = self._events.pop(key, None)
-        if event is not None:
-            event.set()
+            slot = self._slots.get(key)
+            if slot is not None:
+                slot.watchers -= 1
+                if slot.watchers <= 0:
+                    del self._slots[key]
 
-    def discard(self, key: str) -> None:
+    def fire(self, job: Job) -> None:
         with self._lock:
-            self._events.pop(key, None)
+            slot = self._slots.get(job.key)
+        if slot is not None:
+            slot.job = job
+            slot.event.set()
+
+    def pending(self) -> int:
+        with self._lock:
+            return len(self._slots)
 
 
 SIGNALS = LocalSignals()
@@ -139,11 +157,19 @@ class RetryTracker:
         return stored, stored.owner == job.owner
 
     def settle(self, job: Job, state: JobState, parts: list[str], reason: str = "") -> Job:
-        """Store the outcome of a job this caller owns and wake local waiters."""
+        """Hand the outcome of a job this caller owns to local waiters, then store it for
+        other processes and later deliveries."""
         settled = replace(job, state=state, parts=parts, reason=reason)
+        self._signals.fire(settled)
         self._store.save(_KIND, job.key, settled.to_record())
-        self._signals.fire(job.key)
         return settled
+
+    def watch(self, key: str) -> None:
+        """Register interest in ``key`` before starting its work (see LocalSignals)."""
+        self._signals.watch(key)
+
+    def release(self, key: str) -> None:
+        self._signals.release(key)
 
     def record_instant(self, key: str, user: str, parts: list[str]) -> Job:
         """An outcome known at once (command, welcome…): stored so retries repeat it."""
@@ -166,20 +192,23 @@ class RetryTracker:
     def wait_settled(self, job: Job, until: float, poll_interval: float) -> Job:
         """Wait for ``job`` to settle, until the absolute time ``until`` (clock seconds).
 
-        Woken at once by a local signal when the work runs in this process; otherwise
-        polls storage every ``poll_interval`` seconds. Stops early once the job is lost.
+        Work running in this process hands its outcome over at once; work elsewhere is
+        seen by polling storage every ``poll_interval`` seconds. Stops early once the job
+        is lost.
         """
-        event = self._signals.event_for(job.key)
+        slot = self._signals.watch(job.key)
         current = job
         try:
             while True:
                 now = self._clock()
                 if current.is_settled() or current.is_lost(now) or now >= until:
                     return current
-                event.wait(timeout=max(0.0, min(poll_interval, until - now)))
+                slot.event.wait(timeout=max(0.0, min(poll_interval, until - now)))
+                if slot.job is not None:
+                    current = slot.job
+                    continue
                 fresh = self.get(job.key)
                 if fresh is not None:
                     current = fresh
         finally:
-            if current.is_settled():
-                self._signals.discard(job.key)
+            self._signals.release(job.key)

@@ -191,7 +191,7 @@ def load_settings(raw: Mapping[str, Any]) -> Settings:
             tolerance = int(float(tolerance_text))
             if not 10 <= tolerance <= 86400:
                 raise ValueError(tolerance_text)
-        except ValueError:
+        except (ValueError, OverflowError):
             tolerance = DEFAULT_TIMESTAMP_TOLERANCE
             problems.append(
                 SettingProblem(

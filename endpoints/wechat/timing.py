@@ -25,10 +25,12 @@ TIME_SCALE = _scale()
 WECHAT_TIMEOUT = 5.0 * TIME_SCALE
 #: A delivery waits for the answer until this long after it arrived, leaving room for
 #: formatting, encryption and the network before WeChat's own deadline.
-DELIVERY_DEADLINE = 4.5 * TIME_SCALE
+DELIVERY_DEADLINE = 4.4 * TIME_SCALE
 #: Work started inside a delivery may still store its result until this point; later the
 #: request (and its Dify session) may already be gone, so nothing touches the session.
-STORE_GUARD = 4.8 * TIME_SCALE
+#: WeChat's 5 s started before our clock did (network, Dify's proxy and daemon), hence the
+#: margin.
+STORE_GUARD = 4.7 * TIME_SCALE
 #: A delivery that lets WeChat retry keeps its connection open until WeChat has given up,
 #: because only "no response within 5 s" is a documented retry trigger.
 HOLD_UNTIL = 5.5 * TIME_SCALE

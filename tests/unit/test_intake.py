@@ -252,6 +252,9 @@ def test_long_answer_is_split_and_fetched_with_the_keyword() -> None:
         msg_id += 1
     assert len(seen) >= 3
     assert all(s is not None and utf8_len(s) <= TEXT_BUDGET_BYTES for s in seen)
+    hint = "（内容较长，回复「1」查看后续）"
+    assert all(hint in (s or "") for s in seen[:-1])
+    assert hint not in (seen[-1] or "") and (seen[-1] or "").strip()
     joined = "".join(s.replace("\n\n（内容较长，回复「1」查看后续）", "") for s in seen if s)
     assert joined.replace("\n", "") == answer.replace("\n", "")
     assert len(caller.calls) == 1
@@ -319,3 +322,25 @@ def test_markdown_answer_is_rendered_for_wechat() -> None:
     text = h.say(samples.text("md")) or ""
     assert "**" not in text and "# " not in text
     assert "https://example.com" in text and "bold" in text
+
+
+def test_instant_outcomes_reply_at_once_not_at_the_deadline(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(timing, "DELIVERY_DEADLINE", 3.0)
+    monkeypatch.setattr(timing, "STORE_GUARD", 3.2)
+    failing = ScriptedCaller(lambda c: [{"event": "error", "message": "boom"}])
+    for harness in (Harness(caller=failing), Harness(app=None), Harness()):
+        started = time.monotonic()
+        harness.say(samples.text("q", msg_id=50))
+        assert time.monotonic() - started < 1.5
+
+
+def test_storage_failure_gives_the_friendly_error_not_a_500() -> None:
+    h = Harness()
+
+    def broken(key: str, val: bytes) -> None:
+        raise RuntimeError("storage quota exceeded")
+
+    h.storage.set = broken  # type: ignore[method-assign]
+    assert h.say(samples.text("q", msg_id=60)) == DEFAULT_TEXTS["error_message"]

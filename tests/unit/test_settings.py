@@ -75,3 +75,5 @@ def test_texts_and_modes() -> None:
     assert s.click_event_mode is ClickEventMode.IGNORE
     assert load_settings(good(click_event_mode="weird")).click_event_mode is ClickEventMode.QUERY
     assert load_settings(good(timestamp_tolerance="60")).timestamp_tolerance == 60
+    for absurd in ("inf", "1e999", "nan", "-5"):
+        assert load_settings(good(timestamp_tolerance=absurd)).timestamp_tolerance == 300

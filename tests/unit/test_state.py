@@ -5,7 +5,10 @@ from __future__ import annotations
 import threading
 import time
 
-from endpoints.wechat.outbox import JOB_RETENTION_SECONDS, Outbox
+import pytest
+
+from endpoints.wechat import outbox as outbox_module
+from endpoints.wechat.outbox import Outbox
 from endpoints.wechat.replay_guard import ReplayGuard
 from endpoints.wechat.retry_tracker import JobState, LocalSignals, RetryTracker
 from endpoints.wechat.storage import EndpointStore
@@ -19,7 +22,7 @@ def store(storage: MemoryStorage | None = None, endpoint: str = "ep-1") -> Endpo
 def test_keys_are_namespaced_and_hash_user_ids() -> None:
     storage = MemoryStorage()
     s = store(storage)
-    Outbox(s, RetryTracker(s)).track_job("oOPENID-secret", "job1")
+    Outbox(s, RetryTracker(s)).add_remainder("oOPENID-secret", "job1", ["part"])
     assert all(k.startswith("wx/ep-1/") for k in storage.data)
     assert not any("oOPENID" in k for k in storage.data)
 
@@ -52,16 +55,33 @@ def test_claim_read_back_decides_the_winner() -> None:
     assert not mine
 
 
-def test_wait_settled_wakes_on_local_signal() -> None:
+def test_wait_settled_gets_the_outcome_handed_over_in_process() -> None:
     signals = LocalSignals()
-    tracker = RetryTracker(store(), signals=signals)
+    storage = MemoryStorage()
+    tracker = RetryTracker(store(storage), signals=signals)
     job, _ = tracker.claim("k", "u", time.time() + 5)
-    timer = threading.Timer(0.1, lambda: tracker.settle(job, JobState.DONE, ["answer"]))
-    timer.start()
+    tracker.watch("k")  # registered before the work starts: no wake-up can be missed
+    tracker.settle(job, JobState.DONE, ["answer"])  # settles before anyone waits
+    reads_before = len(storage.calls)
     started = time.monotonic()
     settled = tracker.wait_settled(job, until=time.time() + 3, poll_interval=10)
     assert settled.state is JobState.DONE and settled.parts == ["answer"]
-    assert time.monotonic() - started < 1.0  # woken, not polled (poll interval is 10 s)
+    assert time.monotonic() - started < 1.0  # handed over, not polled (interval is 10 s)
+    assert len(storage.calls) == reads_before  # no storage round trip
+    tracker.release("k")
+    assert signals.pending() == 0
+
+
+def test_wait_settled_is_woken_by_work_finishing_later() -> None:
+    signals = LocalSignals()
+    tracker = RetryTracker(store(), signals=signals)
+    job, _ = tracker.claim("k", "u", time.time() + 5)
+    timer = threading.Timer(0.1, lambda: tracker.settle(job, JobState.DONE, ["late"]))
+    timer.start()
+    started = time.monotonic()
+    assert tracker.wait_settled(job, until=time.time() + 3, poll_interval=10).parts == ["late"]
+    assert time.monotonic() - started < 1.0
+    assert signals.pending() == 0  # nothing left behind in process memory
 
 
 def test_wait_settled_polls_storage_for_other_processes() -> None:
@@ -90,48 +110,63 @@ def test_wait_returns_at_deadline_or_when_lost() -> None:
 def test_outbox_serves_oldest_answer_first_and_expires() -> None:
     clock = FakeClock()
     s = store()
-    tracker = RetryTracker(s, clock)
-    outbox = Outbox(s, tracker, clock, retention=100)
-    for key, parts in (("a", ["a0", "a1", "a2"]), ("b", ["b0", "b1"])):
-        job, _ = tracker.claim(key, "u", clock() + 5)
-        tracker.settle(job, JobState.DONE, parts)
-        outbox.track_job("user", key)
-        outbox.add_remainder("user", key, 1, len(parts))
-        outbox.add_remainder("user", key, 1, len(parts))  # a retried delivery adds nothing
+    outbox = Outbox(s, RetryTracker(s, clock), clock, retention=100)
+    outbox.add_remainder("user", "a", ["a1", "a2"])
+    outbox.add_remainder("user", "a", ["a1", "a2"])  # a retried delivery adds nothing
+    outbox.add_remainder("user", "b", ["b1"])
     assert outbox.take_next("user") == ("a1", True)
     assert outbox.take_next("user") == ("a2", True)
     assert outbox.take_next("user") == ("b1", False)
     assert outbox.take_next("user") is None
     assert not outbox.has_pending("user")
+    assert not outbox.has_pending("someone else")
 
-    job, _ = tracker.claim("c", "u", clock() + 5)
-    tracker.settle(job, JobState.DONE, ["c0", "c1"])
-    outbox.add_remainder("user", "c", 1, 2)
+    outbox.add_remainder("user", "c", ["c1"])
     assert outbox.has_pending("user")
     clock.advance(101)
     assert not outbox.has_pending("user")
     assert outbox.take_next("user") is None
 
 
-def test_old_jobs_are_cleaned_up_lazily() -> None:
+def test_sweep_deletes_expired_records_of_everyone() -> None:
     clock = FakeClock()
     storage = MemoryStorage()
     s = store(storage)
     tracker = RetryTracker(s, clock)
-    outbox = Outbox(s, tracker, clock)
+    outbox = Outbox(s, tracker, clock, retention=1000, job_retention=200)
     tracker.record_instant("old", "u", ["x"])
-    outbox.track_job("user", "old")
-    kept, _ = tracker.claim("kept", "u", clock() + 5)
-    tracker.settle(kept, JobState.DONE, ["k0", "k1"])
-    outbox.track_job("user", "kept")
-    outbox.add_remainder("user", "kept", 1, 2)
-    clock.advance(JOB_RETENTION_SECONDS + 1)
-    outbox.track_job("user", "new")
+    outbox.track_job("old")
+    outbox.add_remainder("gone-user", "old", ["rest"])
+    clock.advance(201)
+    outbox.track_job("new")  # any later request sweeps
     assert tracker.get("old") is None
-    assert tracker.get("kept") is not None  # still has a part waiting
-    outbox.forget_user("user")
-    assert tracker.get("kept") is None
+    assert outbox.has_pending("gone-user")  # answers live longer than job records
+    clock.advance(1000)
+    outbox.track_job("newer")
     assert not any("/user/" in k for k in storage.data)
+    assert not any("/job/old" in k for k in storage.data)
+
+
+def test_sweep_ring_is_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(outbox_module, "MAX_RING_ENTRIES", 3)
+    storage = MemoryStorage()
+    s = store(storage)
+    tracker = RetryTracker(s)
+    outbox = Outbox(s, tracker)
+    for key in ("j1", "j2", "j3", "j4"):
+        tracker.record_instant(key, "u", ["x"])
+        outbox.track_job(key)
+    assert tracker.get("j1") is None  # evicted early, deleted
+    assert all(tracker.get(k) is not None for k in ("j2", "j3", "j4"))
+
+
+def test_forget_user() -> None:
+    storage = MemoryStorage()
+    s = store(storage)
+    outbox = Outbox(s, RetryTracker(s))
+    outbox.add_remainder("user", "a", ["a1"])
+    outbox.forget_user("user")
+    assert not outbox.has_pending("user")
 
 
 def test_replay_guard() -> None:

@@ -17,9 +17,11 @@ from ..settings import Settings
 
 @dataclass(frozen=True)
 class Reply:
-    """Answer now. ``text=None`` acknowledges silently (WeChat's ``success``)."""
+    """Answer now. ``text=None`` acknowledges silently (WeChat's ``success``).
+    ``paginated``: the text is already one WeChat-sized part, hint included."""
 
     text: str | None
+    paginated: bool = False
 
 
 @dataclass(frozen=True)

@@ -53,4 +53,4 @@ class FetchCommand(Handler):
         text, more = taken
         if more:
             text += MORE_HINT.format(keyword=ctx.settings.fetch_keyword)
-        return Reply(text)
+        return Reply(text, paginated=True)
