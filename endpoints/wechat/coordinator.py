@@ -59,6 +59,28 @@ def start_background(target: Callable[[], None]) -> None:
     threading.Thread(target=target, daemon=True).start()
 
 
+def run_side_by_side(tasks: list[Callable[[], None]]) -> None:
+    """Run independent storage writes concurrently and wait for all of them."""
+    if len(tasks) == 1:
+        tasks[0]()
+        return
+    errors: list[BaseException] = []
+
+    def guarded(task: Callable[[], None]) -> None:
+        try:
+            task()
+        except Exception as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=guarded, args=(task,), daemon=True) for task in tasks]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    if errors:
+        raise errors[0]
+
+
 class Coordinator:
     def __init__(
         self,
@@ -101,14 +123,16 @@ class Coordinator:
         if not mine:
             return self._follow(job, message, arrived_at)
         query = outcome.query
-        finished = threading.Event()
-        # Watch before starting the work so its hand-over cannot be missed, and start the
-        # app before any bookkeeping: every storage call costs window time.
+        started, finished = threading.Event(), threading.Event()
+        deadline = arrived_at + timing.DELIVERY_DEADLINE
+        # Watch before starting the work so its hand-over cannot be missed; bookkeeping
+        # waits until the app call is out, so it never delays the app.
         self._tracker.watch(key)
         try:
-            self._spawn(lambda: self._run_app(job, message, query, arrived_at, finished))
+            self._spawn(lambda: self._run_app(job, message, query, arrived_at, started, finished))
+            started.wait(timeout=max(0.0, deadline - self._clock()))
             self._outbox.track_job(key)
-            decision = self._follow(job, message, arrived_at)
+            decision = self._follow(job, message, arrived_at, runs_here=True)
         finally:
             self._tracker.release(key)
         # The work may still be writing the outcome and the conversation with this
@@ -116,10 +140,14 @@ class Coordinator:
         finished.wait(timeout=max(0.0, arrived_at + timing.STORE_GUARD - self._clock()))
         return decision
 
-    def _follow(self, job: Job, message: InboundMessage, arrived_at: float) -> Decision:
-        settled = self._tracker.wait_settled(
-            job, until=arrived_at + timing.DELIVERY_DEADLINE, poll_interval=timing.POLL_INTERVAL
-        )
+    def _follow(
+        self, job: Job, message: InboundMessage, arrived_at: float, runs_here: bool = False
+    ) -> Decision:
+        deadline = arrived_at + timing.DELIVERY_DEADLINE
+        # Work running in this request hands its outcome over in-process (registered before
+        # it started); storage is polled only for work running elsewhere.
+        poll = deadline - arrived_at if runs_here else timing.POLL_INTERVAL
+        settled = self._tracker.wait_settled(job, until=deadline, poll_interval=poll)
         if settled.is_settled():
             return self._reply_from(settled, message)
         if settled.is_lost(self._clock()):
@@ -143,6 +171,7 @@ class Coordinator:
         message: InboundMessage,
         query: str,
         arrived_at: float,
+        started: threading.Event,
         finished: threading.Event,
     ) -> None:
         guard = arrived_at + timing.STORE_GUARD
@@ -154,7 +183,9 @@ class Coordinator:
             state, reason = JobState.DONE, ""
             answer: AppAnswer | None = None
             try:
-                answer = self._app.ask(query, message.from_user, message.app_inputs(), too_late)
+                answer = self._app.ask(
+                    query, message.from_user, message.app_inputs(), too_late, started.set
+                )
                 text = markdown_to_wechat_text(answer.text) if answer.text.strip() else ""
                 parts = paginate(text or EMPTY_ANSWER, self._ctx.settings.fetch_keyword)
             except AppCancelled:
@@ -171,12 +202,17 @@ class Coordinator:
             if too_late():
                 logger.info(msgs.APP_TOO_SLOW, _short(message))
                 return
-            self._tracker.settle(job, state, parts, reason)
-            if answer is not None and not too_late():
-                self._app.remember(message.from_user, answer)
+            settled = self._tracker.hand_over(job, state, parts, reason)
+            # Both writes must be done before the request ends; run them side by side.
+            writes = [lambda: self._tracker.store(settled)]
+            if answer is not None:
+                done = answer
+                writes.append(lambda: self._app.remember(message.from_user, done))
+            run_side_by_side(writes)
         except Exception:
             logger.exception(msgs.HANDLER_FAILED, _short(message))
         finally:
+            started.set()
             finished.set()
 
 

@@ -189,11 +189,14 @@ class DifyApp:
         openid: str,
         metadata: Mapping[str, str],
         should_stop: Callable[[], bool] = lambda: False,
+        on_started: Callable[[], None] = lambda: None,
     ) -> AppAnswer:
+        """Ask the app; ``on_started`` is called once the app call is about to go out."""
         if not self._app_id:
             raise AppError("no Dify app is selected in the endpoint settings")
         inputs = self.build_inputs(query, metadata)
         conversation_id = self._conversations.get(openid)
+        on_started()
         try:
             collector = self._run(query, inputs, conversation_id, openid, should_stop)
         except AppError as exc:

@@ -157,12 +157,20 @@ class RetryTracker:
         return stored, stored.owner == job.owner
 
     def settle(self, job: Job, state: JobState, parts: list[str], reason: str = "") -> Job:
-        """Hand the outcome of a job this caller owns to local waiters, then store it for
-        other processes and later deliveries."""
+        """Hand the outcome of a job this caller owns over, then store it."""
+        settled = self.hand_over(job, state, parts, reason)
+        self.store(settled)
+        return settled
+
+    def hand_over(self, job: Job, state: JobState, parts: list[str], reason: str = "") -> Job:
+        """Give the outcome to deliveries waiting in this process (no storage yet)."""
         settled = replace(job, state=state, parts=parts, reason=reason)
         self._signals.fire(settled)
-        self._store.save(_KIND, job.key, settled.to_record())
         return settled
+
+    def store(self, job: Job) -> None:
+        """Store an outcome for other processes and later deliveries."""
+        self._store.save(_KIND, job.key, job.to_record())
 
     def watch(self, key: str) -> None:
         """Register interest in ``key`` before starting its work (see LocalSignals)."""
