@@ -358,3 +358,40 @@ def test_markdown_is_rendered_and_long_answers_are_fetched(
     assert "文档 (https://example.com/7)" in text
     assert len(emu.app_calls) == 1
     assert user.say("1") == ["app saw: 1"]  # nothing waiting: "1" is a normal message
+
+
+def test_waiting_parts_survive_a_plugin_restart(
+    emulator_factory: EmulatorFactory, default_settings: dict[str, Any], time_scale: float
+) -> None:
+    long_answer = "\n\n".join(f"第{i}段。" + "内容" * 250 for i in range(3))
+    emu = emulator_factory(app=ScriptedApp("chat", long_answer))
+    sim = simulator(emu, default_settings, "safe", time_scale)
+    user = sim.user("oRestart")
+    first = str(user.say("long please")[0])
+    assert "回复「1」" in first
+    emu.restart_plugins()
+    second = str(simulator(emu, default_settings, "safe", time_scale).user("oRestart").say("1")[0])
+    assert second.startswith("第1段")
+    assert len(emu.app_calls) == 1
+
+
+def test_logs_hold_no_message_content_or_secrets(
+    emulator_factory: EmulatorFactory, default_settings: dict[str, Any], time_scale: float
+) -> None:
+    settings = {**default_settings, "app_secret": "APPSECRET0123456789abcdef01234567"}
+    app = ScriptedApp("chat", "ANSWER-CANARY-42", error_after=None)
+    emu = emulator_factory(app=app, settings=settings)
+    sim = simulator(emu, settings, "safe", time_scale)
+    sim.user("oPrivate").say("QUESTION-CANARY-17")
+    failing = ScriptedApp("chat", "x", 0.05, error_after=0.01, error_message="upstream down")
+    emu.app = failing
+    sim.user("oPrivate").say("QUESTION-CANARY-18")
+    sim.post_xml(sim.text("oMallory", "QUESTION-CANARY-19"), tamper="signature")
+    emu.wait_idle()
+    logs = emu.plugin_logs()
+    for canary in ("QUESTION-CANARY-17", "QUESTION-CANARY-18", "QUESTION-CANARY-19"):
+        assert canary not in logs
+    assert "ANSWER-CANARY-42" not in logs
+    assert_no_secret_in_logs(emu, settings)
+    assert "upstream down" in logs  # the cause of a failure is logged
+    assert "signature mismatch" in logs  # and so is the reason for a refusal
