@@ -5,6 +5,8 @@ import logging
 from dify_plugin import DifyPluginEnv, Plugin
 from dify_plugin.config.logger_format import plugin_logger_handler
 
+from endpoints.wechat.sdk_tuning import share_default_tls_context
+
 # httpx logs full request URLs at INFO; WeChat API URLs carry access_token in the query.
 for _noisy in ("httpx", "httpcore", "urllib3"):
     logging.getLogger(_noisy).setLevel(logging.WARNING)
@@ -14,6 +16,8 @@ _plugin_logger = logging.getLogger("endpoints")
 _plugin_logger.setLevel(logging.INFO)
 _plugin_logger.addHandler(plugin_logger_handler)
 _plugin_logger.propagate = False
+
+share_default_tls_context()
 
 plugin = Plugin(DifyPluginEnv(MAX_REQUEST_TIMEOUT=120))
 
