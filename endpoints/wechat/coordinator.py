@@ -102,7 +102,7 @@ class Coordinator:
 
     def process(self, message: InboundMessage, arrived_at: float) -> Decision:
         key = RetryTracker.job_key(message.dedupe_key)
-        existing = self._tracker.get(key)
+        existing = self._tracker.get(key, strict=True)
         if existing is not None:
             return self._follow(existing, message, arrived_at)
 

@@ -135,8 +135,10 @@ class RetryTracker:
     def job_key(dedupe_key: str) -> str:
         return hashed(dedupe_key)
 
-    def get(self, key: str) -> Job | None:
-        record = self._store.load(_KIND, key)
+    def get(self, key: str, strict: bool = False) -> Job | None:
+        """The job, or None. ``strict``: a storage failure raises instead of reading as
+        "no job" (see EndpointStore.load)."""
+        record = self._store.load(_KIND, key, strict=strict)
         return Job.from_record(record) if record else None
 
     def claim(self, key: str, user: str, lease_until: float) -> tuple[Job, bool]:
@@ -151,9 +153,9 @@ class RetryTracker:
             user=user,
         )
         self._store.save(_KIND, key, job.to_record())
-        stored = self.get(key)
+        stored = self.get(key, strict=True)
         if stored is None:
-            return job, True
+            raise RuntimeError("a job record just written cannot be read back")
         return stored, stored.owner == job.owner
 
     def settle(self, job: Job, state: JobState, parts: list[str], reason: str = "") -> Job:

@@ -7,6 +7,7 @@ a problem's text.
 
 from __future__ import annotations
 
+import ipaddress
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -100,6 +101,19 @@ def normalize_api_base_url(value: str) -> str | None:
     return value
 
 
+def _is_local_host(host: str | None) -> bool:
+    """Loopback or a private-network address: where a plain-http proxy is reasonable."""
+    if not host:
+        return False
+    if host == "localhost":
+        return True
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return address.is_loopback or address.is_private
+
+
 def load_settings(raw: Mapping[str, Any]) -> Settings:
     problems: list[SettingProblem] = []
 
@@ -183,6 +197,17 @@ def load_settings(raw: Mapping[str, Any]) -> Settings:
             )
         )
         api_base = DEFAULT_API_BASE_URL
+
+    elif urlsplit(api_base).scheme == "http" and not _is_local_host(urlsplit(api_base).hostname):
+        problems.append(
+            SettingProblem(
+                "wechat_api_base_url",
+                "The WeChat API base URL uses plain http to a non-local host: the AppSecret "
+                "and access tokens would cross the network unencrypted. Use https.",
+                "微信接口地址对非本机主机使用了明文 http，AppSecret 和 access token 会以明文传输，"
+                "请改用 https。",
+            )
+        )
 
     tolerance = DEFAULT_TIMESTAMP_TOLERANCE
     tolerance_text = _text(raw, "timestamp_tolerance")

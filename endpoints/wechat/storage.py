@@ -25,6 +25,8 @@ class KeyValueStore(Protocol):
 
     def delete(self, key: str) -> None: ...
 
+    def exist(self, key: str) -> bool: ...
+
 
 def hashed(value: str) -> str:
     """Stable, non-reversible id for user ids and message ids inside keys."""
@@ -43,11 +45,20 @@ class EndpointStore:
     def key(self, kind: str, ident: str) -> str:
         return f"{self._prefix}/{kind}/{ident}"
 
-    def load(self, kind: str, ident: str) -> dict[str, Any] | None:
-        try:
-            raw = self._backend.get(self.key(kind, ident))
-        except Exception:  # a missing key raises by design: not worth a warning
-            return None
+    def load(self, kind: str, ident: str, strict: bool = False) -> dict[str, Any] | None:
+        """The record, or None when missing. ``get`` raises for a missing key *and* for a
+        failure; ``strict`` asks ``exist`` first so a failure raises instead of passing for
+        "missing" — where mistaking one for the other would start a second app call."""
+        key = self.key(kind, ident)
+        if strict:
+            if not self._backend.exist(key):
+                return None
+            raw = self._backend.get(key)
+        else:
+            try:
+                raw = self._backend.get(key)
+            except Exception:  # a missing key raises by design: not worth a warning
+                return None
         if not raw:
             return None
         try:

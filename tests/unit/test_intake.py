@@ -344,3 +344,19 @@ def test_storage_failure_gives_the_friendly_error_not_a_500() -> None:
 
     h.storage.set = broken  # type: ignore[method-assign]
     assert h.say(samples.text("q", msg_id=60)) == DEFAULT_TEXTS["error_message"]
+
+
+def test_a_failing_dedupe_read_never_starts_a_second_app_call() -> None:
+    h = Harness()
+    xml = samples.text("once", msg_id=70)
+    assert h.say(xml) == "echo: once"
+    original_get = h.storage.get
+
+    def flaky_get(key: str) -> bytes:
+        if "/job/" in key:
+            raise RuntimeError("storage timeout")
+        return original_get(key)
+
+    h.storage.get = flaky_get  # type: ignore[method-assign]
+    assert h.say(xml) == DEFAULT_TEXTS["error_message"]
+    assert len(h.caller.calls) == 1

@@ -77,3 +77,17 @@ def test_texts_and_modes() -> None:
     assert load_settings(good(timestamp_tolerance="60")).timestamp_tolerance == 60
     for absurd in ("inf", "1e999", "nan", "-5"):
         assert load_settings(good(timestamp_tolerance=absurd)).timestamp_tolerance == 300
+
+
+def test_plain_http_api_base_url_is_flagged_unless_local() -> None:
+    def problem(url: str) -> bool:
+        settings = load_settings(good(wechat_api_base_url=url))
+        return any(p.setting == "wechat_api_base_url" for p in settings.problems)
+
+    assert problem("http://proxy.example.com")
+    assert not problem("http://127.0.0.1:8080")
+    assert not problem("http://10.0.0.5")
+    assert not problem("http://localhost:9000")
+    assert not problem("https://proxy.example.com")
+    s = load_settings(good(wechat_api_base_url="http://proxy.example.com"))
+    assert s.api_base_url == "http://proxy.example.com"  # a warning, not a refusal
