@@ -116,7 +116,7 @@ class Coordinator:
             else:
                 parts = paginate(outcome.text, self._ctx.settings.fetch_keyword)
             job = self._tracker.record_instant(key, user, parts)
-            self._outbox.track_job(key)
+            self._bookkeep(lambda: self._outbox.track_job(key))
             return self._reply_from(job, message)
 
         job, mine = self._tracker.claim(key, user, lease_until=arrived_at + timing.STORE_GUARD)
@@ -131,14 +131,21 @@ class Coordinator:
         try:
             self._spawn(lambda: self._run_app(job, message, query, arrived_at, started, finished))
             started.wait(timeout=max(0.0, deadline - self._clock()))
-            self._outbox.track_job(key)
-            decision = self._follow(job, message, arrived_at, runs_here=True)
+            self._bookkeep(lambda: self._outbox.track_job(key))
+            return self._follow(job, message, arrived_at, runs_here=True)
         finally:
             self._tracker.release(key)
-        # The work may still be writing the outcome and the conversation with this
-        # request's session: the request must not end before it has (bounded by the guard).
-        finished.wait(timeout=max(0.0, arrived_at + timing.STORE_GUARD - self._clock()))
-        return decision
+            # The work may still be writing the outcome and the conversation with this
+            # request's session: the request must not end before it has (bounded).
+            finished.wait(timeout=max(0.0, arrived_at + timing.STORE_GUARD - self._clock()))
+
+    @staticmethod
+    def _bookkeep(task: Callable[[], None]) -> None:
+        """Storage housekeeping never decides a reply: log its failure and go on."""
+        try:
+            task()
+        except Exception:
+            logger.warning(msgs.BOOKKEEPING_FAILED, exc_info=True)
 
     def _follow(
         self, job: Job, message: InboundMessage, arrived_at: float, runs_here: bool = False
@@ -162,7 +169,10 @@ class Coordinator:
         text = job.parts[0]
         if len(job.parts) > 1:
             text += MORE_HINT.format(keyword=self._ctx.settings.fetch_keyword)
-            self._outbox.add_remainder(message.from_user, job.key, job.parts[1:])
+            remainder = job.parts[1:]
+            self._bookkeep(
+                lambda: self._outbox.add_remainder(message.from_user, job.key, remainder)
+            )
         return Decision(Action.REPLY, text)
 
     def _run_app(

@@ -200,7 +200,7 @@ class DifyApp:
         try:
             collector = self._run(query, inputs, conversation_id, openid, should_stop)
         except AppError as exc:
-            if conversation_id is None or not exc.conversation_related:
+            if conversation_id is None or not exc.conversation_related or should_stop():
                 raise
             # A stale or foreign conversation id (deleted, other app, other workspace):
             # drop it and try once with a fresh conversation.

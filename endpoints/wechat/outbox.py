@@ -20,14 +20,21 @@ from .storage import EndpointStore, hashed
 
 _USER_KIND = "user"
 _RING_KIND = "sweep"
-_RING_IDENT = "ring"
+_RING_IDENT = "ring"  # one record per shard: ring-0 … ring-f
 
 #: Shortest life of a job record: WeChat's three deliveries take ~15 s.
 MIN_JOB_RETENTION_SECONDS = 120.0
+#: Longest life of a job record, whatever the timestamp tolerance.
+MAX_JOB_RETENTION_SECONDS = 1800.0
 #: How long an undelivered remainder stays fetchable.
 ANSWER_RETENTION_SECONDS = 24 * 3600.0
-#: Bound on the sweep ring; when full, the oldest records are deleted early.
-MAX_RING_ENTRIES = 1000
+#: The sweep ring is split by the first hex digit of the record id: smaller values to
+#: rewrite, and concurrent requests rarely touch the same shard.
+RING_SHARDS = 16
+#: Bound per shard; when full, the oldest records are deleted early.
+MAX_RING_ENTRIES = 200
+#: Expired records deleted per request, so a sweep never delays a reply noticeably.
+MAX_SWEEP_PER_CALL = 8
 #: Bound on answers waiting per user (the oldest is dropped beyond it).
 MAX_PENDING_ANSWERS = 5
 
@@ -52,45 +59,58 @@ class Outbox:
         self._tracker = tracker
         self._clock = clock
         self._retention = retention
-        self._job_retention = max(MIN_JOB_RETENTION_SECONDS, job_retention)
+        self._job_retention = min(
+            MAX_JOB_RETENTION_SECONDS, max(MIN_JOB_RETENTION_SECONDS, job_retention)
+        )
 
     # --- sweep ring --------------------------------------------------------------------
 
     def track_job(self, job_key: str) -> None:
-        """Note a new job record; expired records of anyone are deleted on the way."""
+        """Note a new job record; a few expired records of anyone are deleted on the way."""
         self._track("j", job_key, self._clock() + self._job_retention)
 
     def _track(self, kind: str, ident: str, expires_at: float) -> None:
         now = self._clock()
-        record = self._store.load(_RING_KIND, _RING_IDENT) or {}
-        entries = [e for e in record.get("entries", []) if isinstance(e, list) and len(e) == 3]
+        shard = ident[:1] if ident[:1] in "0123456789abcdef" else "x"
+        record = self._store.load(_RING_KIND, f"{_RING_IDENT}-{shard}") or {}
         live: list[list[Any]] = []
-        for entry in entries:
-            if float(entry[2]) <= now:
-                self._expire(str(entry[0]), str(entry[1]))
+        expired: list[list[Any]] = []
+        for entry in record.get("entries", []):
+            if not (isinstance(entry, list) and len(entry) == 3):
+                continue
+            if float(entry[2]) <= now and len(expired) < MAX_SWEEP_PER_CALL:
+                expired.append(entry)
             else:
                 live.append(entry)
-        if not any(e[0] == kind and e[1] == ident for e in live):
+        existing = next((e for e in live if e[0] == kind and e[1] == ident), None)
+        if existing is not None:
+            existing[2] = max(float(existing[2]), round(expires_at))
+        else:
             live.append([kind, ident, round(expires_at)])
         while len(live) > MAX_RING_ENTRIES:
-            oldest = live.pop(0)
-            self._expire(str(oldest[0]), str(oldest[1]))
-        self._store.save(_RING_KIND, _RING_IDENT, {"v": 1, "entries": live})
+            expired.append(live.pop(0))
+        # Save first: a request cut short must not leave entries it already dealt with.
+        self._store.save(_RING_KIND, f"{_RING_IDENT}-{shard}", {"v": 1, "entries": live})
+        for entry in expired:
+            self._expire(str(entry[0]), str(entry[1]))
 
     def _expire(self, kind: str, ident: str) -> None:
         if kind == "j":
             self._tracker.remove(ident)
         elif kind == "u":
-            pending = self._live_pending(self._load_pending(ident))
-            if pending:
-                self._save_pending(ident, pending)
+            pending = self._load_pending(ident, strict=True)
+            live = self._live_pending(pending)
+            if live:  # still waiting: keep it, and keep it tracked
+                self._save_pending(ident, live)
+                oldest = min(p.stored_at for p in live)
+                self._track("u", ident, oldest + self._retention)
             else:
                 self._store.remove(_USER_KIND, ident)
 
     # --- waiting answer parts ------------------------------------------------------------
 
-    def _load_pending(self, user_ident: str) -> list[PendingAnswer]:
-        record = self._store.load(_USER_KIND, user_ident) or {}
+    def _load_pending(self, user_ident: str, strict: bool = False) -> list[PendingAnswer]:
+        record = self._store.load(_USER_KIND, user_ident, strict=strict) or {}
         pending: list[PendingAnswer] = []
         for item in record.get("pending", []):
             try:

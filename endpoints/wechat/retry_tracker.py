@@ -210,12 +210,13 @@ class RetryTracker:
         current = job
         try:
             while True:
+                if slot.job is not None:  # handed over, possibly while we were busy
+                    current = slot.job
                 now = self._clock()
                 if current.is_settled() or current.is_lost(now) or now >= until:
                     return current
                 slot.event.wait(timeout=max(0.0, min(poll_interval, until - now)))
                 if slot.job is not None:
-                    current = slot.job
                     continue
                 fresh = self.get(job.key)
                 if fresh is not None:

@@ -21,7 +21,9 @@ def share_default_tls_context() -> bool:
         import httpx._transports.default as transport
     except ImportError:  # pragma: no cover - httpx is a dependency of the SDK
         return False
-    original = transport.create_ssl_context
+    original = getattr(transport, "create_ssl_context", None)
+    if original is None:  # a future httpx: leave it alone rather than fail to start
+        return False
     if getattr(original, "shared_contexts", None) is not None:
         return True
     contexts: dict[tuple[Any, bool], ssl.SSLContext] = {}

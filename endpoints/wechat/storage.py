@@ -47,18 +47,16 @@ class EndpointStore:
 
     def load(self, kind: str, ident: str, strict: bool = False) -> dict[str, Any] | None:
         """The record, or None when missing. ``get`` raises for a missing key *and* for a
-        failure; ``strict`` asks ``exist`` first so a failure raises instead of passing for
-        "missing" — where mistaking one for the other would start a second app call."""
+        failure; ``strict`` asks ``exist`` after a failed ``get`` so a failure raises instead
+        of passing for "missing" — where mistaking one for the other would start a second
+        app call."""
         key = self.key(kind, ident)
-        if strict:
-            if not self._backend.exist(key):
-                return None
+        try:
             raw = self._backend.get(key)
-        else:
-            try:
-                raw = self._backend.get(key)
-            except Exception:  # a missing key raises by design: not worth a warning
-                return None
+        except Exception:  # a missing key raises by design: not worth a warning
+            if strict and self._backend.exist(key):
+                raise
+            return None
         if not raw:
             return None
         try:

@@ -360,3 +360,18 @@ def test_a_failing_dedupe_read_never_starts_a_second_app_call() -> None:
     h.storage.get = flaky_get  # type: ignore[method-assign]
     assert h.say(xml) == DEFAULT_TEXTS["error_message"]
     assert len(h.caller.calls) == 1
+
+
+def test_failing_housekeeping_never_replaces_the_answer() -> None:
+    answer = "\n\n".join("段落" * 300 for _ in range(3))
+    h = Harness(caller=ScriptedCaller(lambda c: chat_chunks(answer)))
+    original_set = h.storage.set
+
+    def picky_set(key: str, val: bytes) -> None:
+        if "/sweep/" in key or "/user/" in key:
+            raise RuntimeError("storage full")
+        original_set(key, val)
+
+    h.storage.set = picky_set  # type: ignore[method-assign]
+    first = h.say(samples.text("long", msg_id=80)) or ""
+    assert first.startswith("段落") and "回复「1」" in first

@@ -128,23 +128,61 @@ def test_outbox_serves_oldest_answer_first_and_expires() -> None:
     assert outbox.take_next("user") is None
 
 
+def sweep_everything(outbox: Outbox, tag: str) -> None:
+    """A later request in every shard of the sweep ring."""
+    for shard in "0123456789abcdef":
+        outbox.track_job(f"{shard}{tag}")
+
+
 def test_sweep_deletes_expired_records_of_everyone() -> None:
     clock = FakeClock()
     storage = MemoryStorage()
     s = store(storage)
     tracker = RetryTracker(s, clock)
     outbox = Outbox(s, tracker, clock, retention=1000, job_retention=200)
-    tracker.record_instant("old", "u", ["x"])
-    outbox.track_job("old")
-    outbox.add_remainder("gone-user", "old", ["rest"])
+    tracker.record_instant("a0ld", "u", ["x"])
+    outbox.track_job("a0ld")
+    outbox.add_remainder("gone-user", "a0ld", ["rest"])
     clock.advance(201)
-    outbox.track_job("new")  # any later request sweeps
-    assert tracker.get("old") is None
+    sweep_everything(outbox, "new")
+    assert tracker.get("a0ld") is None
     assert outbox.has_pending("gone-user")  # answers live longer than job records
     clock.advance(1000)
-    outbox.track_job("newer")
+    sweep_everything(outbox, "newer")
     assert not any("/user/" in k for k in storage.data)
-    assert not any("/job/old" in k for k in storage.data)
+
+
+def test_waiting_parts_stay_tracked_while_live() -> None:
+    clock = FakeClock()
+    storage = MemoryStorage()
+    s = store(storage)
+    outbox = Outbox(s, RetryTracker(s, clock), clock, retention=1000)
+    outbox.add_remainder("user", "j1", ["a"])
+    clock.advance(600)
+    outbox.add_remainder("user", "j2", ["b"])  # a second long answer later
+    clock.advance(500)  # the first expired, the second is live
+    sweep_everything(outbox, "t1")
+    assert outbox.take_next("user") == ("b", False)
+    outbox.add_remainder("user", "j3", ["c"])
+    clock.advance(2000)
+    sweep_everything(outbox, "t2")
+    sweep_everything(outbox, "t3")
+    assert not any("/user/" in k for k in storage.data)  # never leaked
+
+
+def test_a_sweep_deletes_a_bounded_number_of_records() -> None:
+    clock = FakeClock()
+    storage = MemoryStorage()
+    s = store(storage)
+    tracker = RetryTracker(s, clock)
+    outbox = Outbox(s, tracker, clock, job_retention=120)
+    for i in range(30):
+        outbox.track_job(f"0{i:04d}")
+    clock.advance(121)
+    deletes_before = sum(1 for op, _ in storage.calls if op == "del")
+    outbox.track_job("0new")
+    deletes = sum(1 for op, _ in storage.calls if op == "del") - deletes_before
+    assert deletes == outbox_module.MAX_SWEEP_PER_CALL
 
 
 def test_sweep_ring_is_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -153,11 +191,11 @@ def test_sweep_ring_is_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
     s = store(storage)
     tracker = RetryTracker(s)
     outbox = Outbox(s, tracker)
-    for key in ("j1", "j2", "j3", "j4"):
+    for key in ("a1", "a2", "a3", "a4"):
         tracker.record_instant(key, "u", ["x"])
         outbox.track_job(key)
-    assert tracker.get("j1") is None  # evicted early, deleted
-    assert all(tracker.get(k) is not None for k in ("j2", "j3", "j4"))
+    assert tracker.get("a1") is None  # evicted early, deleted
+    assert all(tracker.get(k) is not None for k in ("a2", "a3", "a4"))
 
 
 def test_forget_user() -> None:
@@ -178,3 +216,14 @@ def test_replay_guard() -> None:
     assert guard.admit("sig2", "m:2")
     clock.advance(601)
     assert guard.admit("sig1", "m:3")  # forgotten after the window (timestamps refuse it)
+
+
+def test_a_hand_over_is_seen_even_when_the_waiter_comes_late() -> None:
+    signals = LocalSignals()
+    tracker = RetryTracker(store(), signals=signals)
+    job, _ = tracker.claim("k", "u", time.time() + 5)
+    tracker.watch("k")
+    tracker.settle(job, JobState.DONE, ["answer"])
+    # the delivery only gets to wait after its deadline (slow bookkeeping)
+    assert tracker.wait_settled(job, until=time.time() - 1, poll_interval=1).parts == ["answer"]
+    tracker.release("k")
