@@ -1,9 +1,7 @@
 """Fixed user-facing texts (the configurable ones live in settings.py)."""
 
 MORE_HINT = "\n\n（内容较长，回复「{keyword}」查看后续）"
-LAST_PART_HINT = ""
 CONVERSATION_CLEARED = "好的，已开始新的对话，之前的内容我不会再参考了。"
-NOTHING_TO_FETCH = "目前没有待查看的内容。"
 EMPTY_ANSWER = "（应用没有给出回答）"
 HELP_TEMPLATE = """可用指令：
 /clear 或 /新对话 —— 开始新的对话

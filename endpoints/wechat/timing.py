@@ -36,5 +36,3 @@ STORE_GUARD = 4.7 * TIME_SCALE
 HOLD_UNTIL = 5.5 * TIME_SCALE
 #: How often a delivery polls storage for an answer produced in another process.
 POLL_INTERVAL = max(0.05, 0.25 * TIME_SCALE)
-#: WeChat delivers a message at most this many times (first delivery + 2 retries).
-MAX_DELIVERIES = 3
