@@ -3,7 +3,6 @@ our crypto module) so the pipeline is checked against another implementation."""
 
 from __future__ import annotations
 
-import hashlib
 import time
 from typing import Any
 
@@ -11,10 +10,7 @@ import xmltodict
 from wechatpy.crypto import WeChatCrypto
 
 from endpoints.wechat.intake import HttpRequest
-
-
-def sha1_signature(*parts: str) -> str:
-    return hashlib.sha1("".join(sorted(parts)).encode()).hexdigest()
+from tests.emulator.wechat import sign as sha1_signature
 
 
 class WeChatSigner:

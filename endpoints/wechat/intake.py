@@ -178,7 +178,7 @@ def _verify_and_parse(
     try:
         fields = parse_xml_fields(request.body)
     except XmlRefusedError as exc:
-        raise Refused(413 if exc.reason == "body too large" else 400, exc.reason) from exc
+        raise Refused(400, exc.reason) from exc  # size was checked above
 
     encrypt_type = query.get("encrypt_type", "").lower()
     crypto: MessageCrypto | None = None

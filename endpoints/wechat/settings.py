@@ -234,11 +234,8 @@ def load_settings(raw: Mapping[str, Any]) -> Settings:
 
     texts = {name: _text(raw, name, default) for name, default in DEFAULT_TEXTS.items()}
     # An explicitly emptied welcome means "say nothing"; other texts fall back to defaults.
-    for name in ("error_message", "timeout_message", "unsupported_message"):
+    for name in DEFAULT_TEXTS.keys() - {"welcome_message"}:
         texts[name] = texts[name] or DEFAULT_TEXTS[name]
-    texts["voice_fallback_message"] = (
-        texts["voice_fallback_message"] or DEFAULT_TEXTS["voice_fallback_message"]
-    )
 
     return Settings(
         dify_app_id=dify_app_id,
