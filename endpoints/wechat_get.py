@@ -7,7 +7,12 @@ from dify_plugin import Endpoint
 from werkzeug import Request, Response
 
 from endpoints.wechat.http_adapter import to_http_request, to_response
-from endpoints.wechat.intake import HttpReply, handle_get, log_internal_error
+from endpoints.wechat.intake import (
+    HttpReply,
+    handle_get,
+    load_worker_health,
+    log_internal_error,
+)
 from endpoints.wechat.settings import load_settings
 
 
@@ -16,8 +21,12 @@ class WeChatGetEndpoint(Endpoint):
         self, r: Request, values: Mapping[str, Any], settings: Mapping[str, Any]
     ) -> Response:
         try:
+            endpoint_id = self.session.endpoint_id or r.headers.get("Dify-Hook-Id", "")
             reply = handle_get(
-                to_http_request(r), load_settings(settings), r.headers.get("Dify-Hook-Url", "")
+                to_http_request(r),
+                load_settings(settings),
+                r.headers.get("Dify-Hook-Url", ""),
+                lambda: load_worker_health(self.session.storage, endpoint_id),
             )
         except Exception:  # never let the SDK turn an exception into a 404/500 with its text
             log_internal_error("GET")

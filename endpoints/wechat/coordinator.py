@@ -13,20 +13,24 @@ import logging
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from enum import StrEnum
+from typing import Protocol
 
 from . import log_messages as msgs
 from . import timing
+from .delivery import Router
 from .dify_app import AppAnswer, AppCancelled, AppError, DifyApp
 from .factory import handler_for
 from .formatters import TEXT_BUDGET_BYTES, markdown_to_wechat_text, split_text, utf8_len
-from .handlers.base import HandlerContext, Reply
+from .handlers.base import AskApp, FetchNext, HandlerContext, Reply
 from .models import InboundMessage
-from .outbox import Outbox
+from .outbox import Outbox, Route
 from .retry_tracker import Job, JobState, RetryTracker
+from .settings import Settings
 from .storage import hashed
-from .texts import EMPTY_ANSWER, MORE_HINT
+from .texts import ANSWER_EXPIRED, EMPTY_ANSWER, MORE_HINT, PUSH_MORE_HINT
+from .worker_link import WorkerCall, WorkTicket
 
 logger = logging.getLogger(__name__)
 
@@ -48,9 +52,53 @@ RETRY = Decision(Action.RETRY)
 
 
 def paginate(text: str, keyword: str) -> list[str]:
-    """Split a reply into WeChat-sized parts, each leaving room for the "more" hint."""
-    reserve = utf8_len(MORE_HINT.format(keyword=keyword))
+    """Split a reply into WeChat-sized parts, each leaving room for a "more" hint."""
+    reserve = max(utf8_len(MORE_HINT.format(keyword=keyword)), utf8_len(PUSH_MORE_HINT))
     return split_text(text, TEXT_BUDGET_BYTES - reserve) or [EMPTY_ANSWER]
+
+
+def finish_answer(
+    job: Job,
+    query: str,
+    openid: str,
+    inputs: dict[str, str],
+    app: DifyApp,
+    settings: Settings,
+    should_stop: Callable[[], bool] = lambda: False,
+    on_started: Callable[[], None] = lambda: None,
+) -> tuple[Job, AppAnswer | None]:
+    """Ask the app and turn its answer (or failure) into the job's settled outcome.
+    Raises AppCancelled when ``should_stop`` said so."""
+    ref = job.key[:12]
+    try:
+        answer = app.ask(query, openid, inputs, should_stop, on_started)
+    except AppCancelled:
+        raise
+    except AppError as exc:
+        logger.warning(msgs.APP_FAILED, ref, "app", exc.reason)
+        return replace(
+            job, state=JobState.FAILED, parts=[settings.error_message], reason=exc.reason
+        ), None
+    except Exception as exc:
+        logger.exception(msgs.HANDLER_FAILED, ref)
+        return replace(
+            job, state=JobState.FAILED, parts=[settings.error_message], reason=type(exc).__name__
+        ), None
+    text = markdown_to_wechat_text(answer.text) if answer.text.strip() else ""
+    parts = paginate(text or EMPTY_ANSWER, settings.fetch_keyword)
+    return replace(job, state=JobState.DONE, parts=parts), answer
+
+
+class WorkerStarter(Protocol):
+    """Starts worker requests (worker_link.WorkerLauncher, bound to this request)."""
+
+    def available(self) -> bool: ...
+
+    def start(self, ticket: WorkTicket) -> WorkerCall: ...
+
+    def reached(self) -> None: ...
+
+    def failed(self, reason: str) -> None: ...
 
 
 def start_background(target: Callable[[], None]) -> None:
@@ -89,21 +137,31 @@ class Coordinator:
         app: DifyApp,
         clock: Callable[[], float] = time.time,
         spawn: Callable[[Callable[[], None]], None] = start_background,
+        worker: WorkerStarter | None = None,
+        router: Router | None = None,
     ) -> None:
         self._ctx = ctx
         self._tracker = tracker
         self._app = app
         self._clock = clock
         self._spawn = spawn
+        self._worker = worker
+        self._router = router
 
     @property
     def _outbox(self) -> Outbox:
         return self._ctx.outbox
 
+    @property
+    def _settings(self) -> Settings:
+        return self._ctx.settings
+
     def process(self, message: InboundMessage, arrived_at: float) -> Decision:
         key = RetryTracker.job_key(message.dedupe_key)
         existing = self._tracker.get(key, strict=True)
         if existing is not None:
+            if existing.awaits:
+                return self._fetch(message, arrived_at, existing)
             return self._follow(existing, message, arrived_at)
 
         outcome = handler_for(message, self._ctx).handle(message, self._ctx)
@@ -111,22 +169,83 @@ class Coordinator:
         if isinstance(outcome, Reply):
             if outcome.text is None:
                 return ACK
-            if outcome.paginated:  # already one WeChat-sized part (a fetched part)
+            if outcome.paginated:  # already one WeChat-sized part
                 parts = [outcome.text]
             else:
-                parts = paginate(outcome.text, self._ctx.settings.fetch_keyword)
+                parts = paginate(outcome.text, self._settings.fetch_keyword)
             job = self._tracker.record_instant(key, user, parts)
             self._bookkeep(lambda: self._outbox.track_job(key))
             return self._reply_from(job, message)
+        if isinstance(outcome, FetchNext):
+            return self._fetch(message, arrived_at, None)
+        assert isinstance(outcome, AskApp)
+        claimed: Job | None = None
+        if self._worker is not None and self._worker.available():
+            started = self._ask_in_worker(key, user, message, outcome.query, arrived_at)
+            if isinstance(started, Decision):
+                return started
+            claimed = started
+        return self._ask_inline(key, user, message, outcome.query, arrived_at, claimed)
 
-        job, mine = self._tracker.claim(key, user, lease_until=arrived_at + timing.STORE_GUARD)
+    # --- asking the app ------------------------------------------------------------------
+
+    def _ask_in_worker(
+        self, key: str, user: str, message: InboundMessage, query: str, arrived_at: float
+    ) -> Decision | Job:
+        """Run the app in a worker request. When the worker cannot be reached, the claimed
+        job is returned for the inline fallback."""
+        assert self._worker is not None
+        job, mine = self._tracker.claim(
+            key, user, lease_until=arrived_at + timing.WORKER_START_GRACE
+        )
         if not mine:
             return self._follow(job, message, arrived_at)
-        query = outcome.query
+        ticket = WorkTicket(
+            job=key,
+            owner=job.owner,
+            openid=message.from_user,
+            query=query,
+            inputs=message.app_inputs(),
+            arrived_at=arrived_at,
+            ref=_short(message),
+        )
+        deadline = arrived_at + timing.DELIVERY_DEADLINE
+        self._tracker.watch(key)  # before the worker starts: its hand-over cannot be missed
+        try:
+            call = self._worker.start(ticket)
+            call.wait(min(timing.WORKER_START_TIMEOUT, deadline - self._clock()))
+            if call.failure is not None:
+                self._bookkeep(lambda: self._worker.failed(call.failure or ""))
+                inline = replace(job, lease_until=arrived_at + timing.STORE_GUARD)
+                self._tracker.store(inline)
+                return inline
+            if call.started:
+                self._bookkeep(self._worker.reached)
+            self._bookkeep(lambda: self._outbox.track_job(key))
+            return self._follow(job, message, arrived_at)
+        finally:
+            self._tracker.release(key)
+
+    def _ask_inline(
+        self,
+        key: str,
+        user: str,
+        message: InboundMessage,
+        query: str,
+        arrived_at: float,
+        claimed: Job | None,
+    ) -> Decision:
+        """The app inside this delivery (no worker): what is not ready before the deadline
+        is lost, and the next delivery says so."""
+        job = claimed
+        if job is None:
+            job, mine = self._tracker.claim(key, user, lease_until=arrived_at + timing.STORE_GUARD)
+            if not mine:
+                return self._follow(job, message, arrived_at)
+        else:
+            job = replace(job, lease_until=arrived_at + timing.STORE_GUARD)
         started, finished = threading.Event(), threading.Event()
         deadline = arrived_at + timing.DELIVERY_DEADLINE
-        # Watch before starting the work so its hand-over cannot be missed; bookkeeping
-        # waits until the app call is out, so it never delays the app.
         self._tracker.watch(key)
         try:
             self._spawn(lambda: self._run_app(job, message, query, arrived_at, started, finished))
@@ -147,33 +266,117 @@ class Coordinator:
         except Exception:
             logger.warning(msgs.BOOKKEEPING_FAILED, exc_info=True)
 
+    # --- waiting for an answer -------------------------------------------------------------
+
+    def _wait(self, job: Job, until: float, runs_here: bool = False) -> Job:
+        # Work in this request, or a worker followed from this process, hands its outcome
+        # over in-process; storage is polled (bounded rate) only for work elsewhere.
+        local = runs_here or self._tracker.signals.carried(job.key)
+        poll = (
+            max(timing.POLL_INTERVAL, until - self._clock())
+            if runs_here
+            else (4 * timing.POLL_INTERVAL if local else timing.POLL_INTERVAL)
+        )
+        return self._tracker.wait_settled(job, until=until, poll_interval=poll)
+
     def _follow(
         self, job: Job, message: InboundMessage, arrived_at: float, runs_here: bool = False
     ) -> Decision:
-        deadline = arrived_at + timing.DELIVERY_DEADLINE
-        # Work running in this request hands its outcome over in-process (registered before
-        # it started); storage is polled only for work running elsewhere.
-        poll = deadline - arrived_at if runs_here else timing.POLL_INTERVAL
-        settled = self._tracker.wait_settled(job, until=deadline, poll_interval=poll)
+        settled = self._wait(job, arrived_at + timing.DELIVERY_DEADLINE, runs_here)
         if settled.is_settled():
             return self._reply_from(settled, message)
         if settled.is_lost(self._clock()):
             # The work that owned this message ended without an answer; it will not come.
             logger.warning(msgs.ANSWER_LOST, _short(message))
-            return Decision(Action.REPLY, self._ctx.settings.timeout_message)
+            return Decision(Action.REPLY, self._settings.timeout_message)
+        if settled.worker and arrived_at - settled.created_at >= timing.LAST_DELIVERY_AFTER:
+            return self._hand_off(settled, message)
         return RETRY
+
+    def _hand_off(self, job: Job, message: InboundMessage) -> Decision:
+        """The last delivery and no answer yet: say it is coming, and how. From the moment
+        the delivery record exists the worker owns the answer's delivery, so this reply
+        never carries the answer, even if it was stored a moment ago."""
+        route = self._route()
+        delivery = self._outbox.open(message.from_user, job.key, route, sent=0)
+        logger.info(msgs.HANDED_OFF, _short(message), delivery.route.value)
+        return Decision(Action.REPLY, self._waiting_text(delivery.route))
+
+    def _waiting_text(self, route: Route) -> str:
+        keyword = self._settings.fetch_keyword
+        if route is Route.PUSH:
+            return self._settings.push_waiting_message.replace("{keyword}", keyword)
+        return self._settings.fetch_waiting_message.replace("{keyword}", keyword)
+
+    def _route(self) -> Route:
+        return self._router.route() if self._router is not None else Route.FETCH
 
     def _reply_from(self, job: Job, message: InboundMessage) -> Decision:
         if not job.parts:
             return ACK
         text = job.parts[0]
         if len(job.parts) > 1:
-            text += MORE_HINT.format(keyword=self._ctx.settings.fetch_keyword)
-            remainder = job.parts[1:]
-            self._bookkeep(
-                lambda: self._outbox.add_remainder(message.from_user, job.key, remainder)
-            )
+            # Only a worker can push the rest; anything else is fetched.
+            route = self._route() if job.worker else Route.FETCH
+            try:
+                delivery = self._outbox.open(message.from_user, job.key, route, sent=1)
+            except Exception:  # the first part still goes out; the rest cannot follow
+                logger.warning(msgs.BOOKKEEPING_FAILED, exc_info=True)
+            else:
+                text += self._more_hint(delivery.route)
         return Decision(Action.REPLY, text)
+
+    def _more_hint(self, route: Route) -> str:
+        if route is Route.PUSH:
+            return PUSH_MORE_HINT
+        return MORE_HINT.format(keyword=self._settings.fetch_keyword)
+
+    # --- the fetch keyword ---------------------------------------------------------------
+
+    def _fetch(self, message: InboundMessage, arrived_at: float, marker: Job | None) -> Decision:
+        """Reply with the next waiting part, oldest answer first. If that answer is still
+        being produced, this message's own deliveries wait for it."""
+        key = RetryTracker.job_key(message.dedupe_key)
+        user = hashed(message.from_user)
+        first_arrival = marker.created_at if marker is not None else arrived_at
+
+        def reply(text: str) -> Decision:
+            self._tracker.record_instant(key, user, [text], created_at=first_arrival)
+            if marker is None:
+                self._bookkeep(lambda: self._outbox.track_job(key))
+            return Decision(Action.REPLY, text)
+
+        pending = self._outbox.pending(message.from_user)
+        fetchable = [d for d in pending if d.route is Route.FETCH]
+        if not fetchable:
+            if pending:  # on its way by push
+                return reply(self._waiting_text(Route.PUSH))
+            return ACK
+        head = fetchable[0]
+        target = self._tracker.get(head.job, strict=True)
+        if target is not None and not target.is_settled() and not target.is_lost(self._clock()):
+            target = self._wait(target, arrived_at + timing.DELIVERY_DEADLINE)
+        if target is None or target.is_lost(self._clock()):
+            self._outbox.close(head)
+            return reply(ANSWER_EXPIRED)
+        if not target.is_settled():
+            if arrived_at - first_arrival >= timing.LAST_DELIVERY_AFTER:
+                return reply(self._waiting_text(Route.FETCH))
+            if marker is None:
+                until = arrived_at + timing.WINDOW_CLOSED_AFTER
+                self._tracker.mark_waiting(key, user, head.job, until)
+                self._bookkeep(lambda: self._outbox.track_job(key))
+            return RETRY
+        if head.sent >= len(target.parts):
+            self._outbox.close(head)
+            return reply(ANSWER_EXPIRED)
+        text = target.parts[head.sent]
+        moved = self._outbox.advance(head, head.sent + 1, len(target.parts))
+        if not moved.closed or len(fetchable) > 1:
+            text += MORE_HINT.format(keyword=self._settings.fetch_keyword)
+        return reply(text)
+
+    # --- inline work -----------------------------------------------------------------------
 
     def _run_app(
         self,
@@ -190,29 +393,24 @@ class Coordinator:
             return self._clock() >= guard
 
         try:
-            state, reason = JobState.DONE, ""
-            answer: AppAnswer | None = None
             try:
-                answer = self._app.ask(
-                    query, message.from_user, message.app_inputs(), too_late, started.set
+                settled, answer = finish_answer(
+                    job,
+                    query,
+                    message.from_user,
+                    message.app_inputs(),
+                    self._app,
+                    self._settings,
+                    too_late,
+                    started.set,
                 )
-                text = markdown_to_wechat_text(answer.text) if answer.text.strip() else ""
-                parts = paginate(text or EMPTY_ANSWER, self._ctx.settings.fetch_keyword)
             except AppCancelled:
                 logger.info(msgs.APP_TOO_SLOW, _short(message))
                 return
-            except AppError as exc:
-                logger.warning(msgs.APP_FAILED, _short(message), message.msg_type, exc.reason)
-                state, reason = JobState.FAILED, exc.reason
-                parts = [self._ctx.settings.error_message]
-            except Exception as exc:
-                logger.exception(msgs.HANDLER_FAILED, _short(message))
-                state, reason = JobState.FAILED, type(exc).__name__
-                parts = [self._ctx.settings.error_message]
             if too_late():
                 logger.info(msgs.APP_TOO_SLOW, _short(message))
                 return
-            settled = self._tracker.hand_over(job, state, parts, reason)
+            self._tracker.signals.fire(settled)
             # Both writes must be done before the request ends; run them side by side.
             writes = [lambda: self._tracker.store(settled)]
             if answer is not None:

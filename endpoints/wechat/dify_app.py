@@ -177,6 +177,10 @@ class DifyApp:
         self._configured_inputs = dict(configured_inputs)
         self._conversations = conversations
 
+    @property
+    def conversations(self) -> ConversationStore:
+        return self._conversations
+
     def build_inputs(self, query: str, metadata: Mapping[str, str]) -> dict[str, Any]:
         # Message metadata first; what the admin configured in the app selector wins.
         inputs: dict[str, Any] = {"query": query, **metadata}

@@ -29,4 +29,6 @@ def to_response(
 ) -> Response:
     if reply.hold_until is not None:
         sleep(max(0.0, reply.hold_until - clock()))
+    if reply.stream is not None:
+        return Response(reply.stream, status=reply.status, content_type=reply.content_type)
     return Response(reply.body, status=reply.status, content_type=reply.content_type)

@@ -9,14 +9,15 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 
 from . import log_messages as msgs
 from . import timing
 from .conversations import ConversationStore
-from .coordinator import Action, Coordinator, Decision
+from .coordinator import Action, Coordinator, Decision, start_background
 from .crypto import CryptoError, MessageCrypto, signature_matches, timestamp_is_fresh
+from .delivery import Router, TextSender
 from .dify_app import AppCaller, DifyApp
 from .formatters import SUCCESS_BODY, text_reply_xml
 from .handlers.base import HandlerContext
@@ -28,6 +29,8 @@ from .retry_tracker import RetryTracker
 from .settings import Settings
 from .status_page import render_status_page
 from .storage import EndpointStore, KeyValueStore
+from .worker import Worker, WorkerContext, WorkerRefusal, check_ticket
+from .worker_link import HEALTH, WorkerHealth, WorkerLauncher, load_health, worker_key, worker_url
 
 logger = logging.getLogger(__name__)
 
@@ -53,6 +56,8 @@ class HttpReply:
     content_type: str = TEXT
     #: Keep the connection open until this clock time before answering (let WeChat retry).
     hold_until: float | None = None
+    #: A streamed body (the worker's progress lines); ``body`` is then ignored.
+    stream: Iterator[str] | None = None
 
 
 @dataclass(frozen=True)
@@ -63,6 +68,10 @@ class Runtime:
     endpoint_id: str
     app_caller: AppCaller
     clock: Callable[[], float] = time.time
+    #: Start background work in a worker request (False: always answer inline).
+    use_worker: bool = True
+    #: Customer-service sender override (tests); default: the WeChat API client.
+    sender_factory: Callable[[], TextSender] | None = None
 
 
 class Refused(Exception):
@@ -86,9 +95,18 @@ def _log_once(scope: str, text: str, *args: object) -> None:
 # --- GET: URL verification and status page ------------------------------------------------
 
 
-def handle_get(request: HttpRequest, settings: Settings, endpoint_url: str) -> HttpReply:
+def handle_get(
+    request: HttpRequest,
+    settings: Settings,
+    endpoint_url: str,
+    health: Callable[[], WorkerHealth | None] = lambda: None,
+) -> HttpReply:
     if not any(name in request.query for name in _WECHAT_GET_PARAMS):
-        return HttpReply(200, render_status_page(settings, endpoint_url), HTML)
+        try:
+            worker_health = health()
+        except Exception:
+            worker_health = None
+        return HttpReply(200, render_status_page(settings, endpoint_url, worker_health), HTML)
     signature = request.query.get("signature", "")
     timestamp = request.query.get("timestamp", "")
     nonce = request.query.get("nonce", "")
@@ -136,24 +154,76 @@ def handle_post(request: HttpRequest, settings: Settings, runtime: Runtime) -> H
             guard = ReplayGuard(store, settings.timestamp_tolerance, runtime.clock)
             if not guard.admit(verified.signature, message.dedupe_key):
                 return _refuse("POST", 403, "replayed signature with a different message")
-        tracker = RetryTracker(store, runtime.clock)
-        conversations = ConversationStore(store, runtime.clock)
-        # Job records double as replay markers in encrypted mode: keep them for the whole
-        # window in which a captured request's timestamp would still be accepted.
-        outbox = Outbox(
-            store, tracker, runtime.clock, job_retention=2 * settings.timestamp_tolerance
-        )
-        ctx = HandlerContext(settings, conversations, outbox)
-        app = DifyApp(
-            runtime.app_caller, settings.dify_app_id, settings.dify_app_inputs, conversations
-        )
-        decision = Coordinator(ctx, tracker, app, runtime.clock).process(message, arrived_at)
+        tracker, outbox, app = _state(store, settings, runtime)
+        ctx = HandlerContext(settings, app.conversations, outbox)
+        launcher = None
+        if runtime.use_worker:
+            launcher = WorkerLauncher(
+                worker_url(request.headers, settings),
+                worker_key(settings, runtime.endpoint_id),
+                store,
+                runtime.endpoint_id,
+                tracker.signals,
+                start_background,
+            )
+        router = Router(settings, store, runtime.endpoint_id, runtime.clock)
+        coordinator = Coordinator(ctx, tracker, app, runtime.clock, worker=launcher, router=router)
+        decision = coordinator.process(message, arrived_at)
     except Exception:
         # Storage down or full, or a bug: the user gets the friendly text, not WeChat's
         # "该公众号暂时无法提供服务"; the log gets the trace (no content, no secrets).
         logger.exception(msgs.HANDLER_FAILED, message.msg_type)
         decision = Decision(Action.REPLY, settings.error_message)
     return _render(decision, verified, settings, runtime.clock, arrived_at)
+
+
+def _state(
+    store: EndpointStore, settings: Settings, runtime: Runtime
+) -> tuple[RetryTracker, Outbox, DifyApp]:
+    tracker = RetryTracker(store, runtime.clock)
+    conversations = ConversationStore(store, runtime.clock)
+    # Job records double as replay markers in encrypted mode: keep them for the whole
+    # window in which a captured request's timestamp would still be accepted.
+    outbox = Outbox(
+        store,
+        tracker,
+        runtime.clock,
+        retention=settings.answer_retention_seconds,
+        job_retention=2 * settings.timestamp_tolerance,
+    )
+    app = DifyApp(runtime.app_caller, settings.dify_app_id, settings.dify_app_inputs, conversations)
+    return tracker, outbox, app
+
+
+# --- POST /wechat/worker: background work ----------------------------------------------------
+
+
+def handle_worker(request: HttpRequest, settings: Settings, runtime: Runtime) -> HttpReply:
+    store = EndpointStore(runtime.storage, runtime.endpoint_id)
+    tracker, outbox, app = _state(store, settings, runtime)
+    ctx = WorkerContext(
+        settings=settings,
+        endpoint_id=runtime.endpoint_id,
+        store=store,
+        tracker=tracker,
+        outbox=outbox,
+        app=app,
+        router=Router(settings, store, runtime.endpoint_id, runtime.clock),
+        clock=runtime.clock,
+        sender_factory=runtime.sender_factory,
+    )
+    checked = check_ticket(dict(request.headers), request.body, ctx)
+    if isinstance(checked, WorkerRefusal):
+        logger.warning(msgs.REFUSED_WORKER, checked.reason)
+        return HttpReply(checked.status, f"refused: {checked.reason}\n", TEXT)
+    ticket, job = checked
+    return HttpReply(200, "", TEXT, stream=Worker(ctx, ticket, job).run())
+
+
+def load_worker_health(storage: KeyValueStore, endpoint_id: str) -> WorkerHealth | None:
+    """What the status page says about the worker: this process's memory first."""
+    recent = HEALTH.recently_failed(endpoint_id, time.time())
+    return recent or load_health(EndpointStore(storage, endpoint_id))
 
 
 def _verify_and_parse(

@@ -1,32 +1,49 @@
-"""What outlives a message: answer parts waiting to be fetched, and the lazy sweep that
-keeps storage bounded.
+"""What outlives a message: answers still being delivered, and the lazy sweep that keeps
+storage bounded.
+
+An answer's parts live in its job record (``retry_tracker``). When not all of them went
+out in passive replies, a *delivery record* notes how the rest travels and how far it got:
+
+* ``mode`` ``push`` — the worker sends the rest as customer-service messages;
+  ``fetch`` — the user sends the fetch keyword for each next part;
+* ``sent`` — how many parts the user has had (0 when the last delivery handed off before
+  the app finished).
+
+A delivery record is opened once per job: by the delivery that replied with the first
+part (``sent=1``) or by the last delivery that handed off (``sent=0``). From then on one
+writer moves it on at a time — the worker while it pushes, the user's fetch messages
+otherwise. Each user has an index of their open deliveries, oldest first.
 
 Storage has no TTL and no key listing, so every record the plugin leaves behind is noted
 in one bounded ring per endpoint with its expiry, and expired records are deleted by later
-requests: job records (dedupe + reply) after the replay window, a user's waiting parts
-after the answer retention. Concurrent writers may lose a ring update; the cost is a
-record that lingers, never a wrong answer.
+requests. Concurrent writers may lose a ring update; the cost is a record that lingers,
+never a wrong answer.
 """
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, replace
+from enum import StrEnum
 from typing import Any
 
 from .retry_tracker import RetryTracker
 from .storage import EndpointStore, hashed
 
+logger = logging.getLogger(__name__)
+
 _USER_KIND = "user"
+_DELIVERY_KIND = "delivery"
 _RING_KIND = "sweep"
 _RING_IDENT = "ring"  # one record per shard: ring-0 … ring-f
 
 #: Shortest life of a job record: WeChat's three deliveries take ~15 s.
 MIN_JOB_RETENTION_SECONDS = 120.0
-#: Longest life of a job record, whatever the timestamp tolerance.
+#: Longest life of a job record that nothing waits for, whatever the timestamp tolerance.
 MAX_JOB_RETENTION_SECONDS = 1800.0
-#: How long an undelivered remainder stays fetchable.
+#: How long an undelivered answer stays fetchable (setting ``answer_retention_hours``).
 ANSWER_RETENTION_SECONDS = 24 * 3600.0
 #: The sweep ring is split by the first hex digit of the record id: smaller values to
 #: rewrite, and concurrent requests rarely touch the same shard.
@@ -37,13 +54,46 @@ MAX_RING_ENTRIES = 200
 MAX_SWEEP_PER_CALL = 8
 #: Bound on answers waiting per user (the oldest is dropped beyond it).
 MAX_PENDING_ANSWERS = 5
+#: Attempts to add a job to a user's index when concurrent writers overwrite each other.
+_INDEX_ATTEMPTS = 3
 
 
-@dataclass
-class PendingAnswer:
-    job: str
-    parts: list[str] = field(default_factory=list)
-    stored_at: float = 0.0
+class Route(StrEnum):
+    PUSH = "push"
+    FETCH = "fetch"
+
+
+@dataclass(frozen=True)
+class Delivery:
+    job: str  # hashed dedupe key of the message whose answer this is
+    user: str  # hashed OpenID
+    route: Route
+    sent: int  # parts the user has had
+    opened_at: float
+    closed: bool = False
+    #: The user has not been told how to get the rest (a push failed after the hand-off).
+    unannounced: bool = False
+
+    def to_record(self) -> dict[str, Any]:
+        record = asdict(self)
+        record["route"] = self.route.value
+        record["v"] = 1
+        return record
+
+    @classmethod
+    def from_record(cls, record: dict[str, Any]) -> Delivery | None:
+        try:
+            return cls(
+                job=str(record["job"]),
+                user=str(record["user"]),
+                route=Route(record["route"]),
+                sent=int(record["sent"]),
+                opened_at=float(record["opened_at"]),
+                closed=bool(record.get("closed", False)),
+                unannounced=bool(record.get("unannounced", False)),
+            )
+        except (KeyError, ValueError, TypeError):
+            return None
 
 
 class Outbox:
@@ -62,6 +112,11 @@ class Outbox:
         self._job_retention = min(
             MAX_JOB_RETENTION_SECONDS, max(MIN_JOB_RETENTION_SECONDS, job_retention)
         )
+        self._pending_cache: dict[str, list[Delivery]] = {}
+
+    @property
+    def retention(self) -> float:
+        return self._retention
 
     # --- sweep ring --------------------------------------------------------------------
 
@@ -97,67 +152,102 @@ class Outbox:
     def _expire(self, kind: str, ident: str) -> None:
         if kind == "j":
             self._tracker.remove(ident)
+        elif kind == "d":
+            self._store.remove(_DELIVERY_KIND, ident)
         elif kind == "u":
-            pending = self._load_pending(ident, strict=True)
-            live = self._live_pending(pending)
+            jobs = self._load_index(ident, strict=True)
+            live = [d for d in (self.get(job) for job in jobs) if d is not None and self._live(d)]
             if live:  # still waiting: keep it, and keep it tracked
-                self._save_pending(ident, live)
-                oldest = min(p.stored_at for p in live)
+                oldest = min(d.opened_at for d in live)
                 self._track("u", ident, oldest + self._retention)
             else:
                 self._store.remove(_USER_KIND, ident)
 
-    # --- waiting answer parts ------------------------------------------------------------
+    # --- delivery records ----------------------------------------------------------------
 
-    def _load_pending(self, user_ident: str, strict: bool = False) -> list[PendingAnswer]:
-        record = self._store.load(_USER_KIND, user_ident, strict=strict) or {}
-        pending: list[PendingAnswer] = []
-        for item in record.get("pending", []):
-            try:
-                pending.append(PendingAnswer(**item))
-            except TypeError:
-                continue
-        return pending
+    def get(self, job_key: str, strict: bool = False) -> Delivery | None:
+        record = self._store.load(_DELIVERY_KIND, job_key, strict=strict)
+        return Delivery.from_record(record) if record else None
 
-    def _save_pending(self, user_ident: str, pending: list[PendingAnswer]) -> None:
-        if pending:
-            record = {"v": 1, "pending": [asdict(p) for p in pending]}
-            self._store.save(_USER_KIND, user_ident, record)
-        else:
-            self._store.remove(_USER_KIND, user_ident)
+    def save(self, delivery: Delivery) -> None:
+        self._store.save(_DELIVERY_KIND, delivery.job, delivery.to_record())
+        self._pending_cache.pop(delivery.user, None)
 
-    def _live_pending(self, pending: list[PendingAnswer]) -> list[PendingAnswer]:
-        now = self._clock()
-        return [p for p in pending if p.parts and now - p.stored_at < self._retention]
+    def open(self, openid: str, job_key: str, route: Route, sent: int) -> Delivery:
+        """Note that ``job_key``'s answer continues by ``route`` after ``sent`` parts.
+        Opening again (a retried delivery) returns the record already there."""
+        existing = self.get(job_key, strict=True)
+        if existing is not None:
+            return existing
+        user = hashed(openid)
+        delivery = Delivery(job_key, user, route, sent, self._clock())
+        self.save(delivery)
+        self._add_to_index(user, job_key)
+        expires = delivery.opened_at + self._retention
+        try:
+            # The job record holds the parts: it must live as long as the delivery.
+            self._track("j", job_key, expires)
+            self._track("d", job_key, expires)
+            self._track("u", user, expires)
+        except Exception:
+            logger.warning("Noting a delivery for the sweep failed", exc_info=True)
+        return delivery
+
+    def advance(self, delivery: Delivery, sent: int, total: int) -> Delivery:
+        """Record that the user has had ``sent`` of ``total`` parts."""
+        moved = replace(delivery, sent=sent, closed=sent >= total, unannounced=False)
+        self.save(moved)
+        return moved
+
+    def switch_to_fetch(self, delivery: Delivery, announced: bool) -> Delivery:
+        """A push failed: the rest waits for the fetch keyword."""
+        moved = replace(delivery, route=Route.FETCH, unannounced=not announced)
+        self.save(moved)
+        return moved
+
+    def close(self, delivery: Delivery) -> Delivery:
+        closed = replace(delivery, closed=True)
+        self.save(closed)
+        return closed
+
+    def _live(self, delivery: Delivery) -> bool:
+        return not delivery.closed and self._clock() - delivery.opened_at < self._retention
+
+    # --- per-user index ------------------------------------------------------------------
+
+    def _load_index(self, user: str, strict: bool = False) -> list[str]:
+        record = self._store.load(_USER_KIND, user, strict=strict) or {}
+        jobs = record.get("jobs", [])
+        return [str(j) for j in jobs] if isinstance(jobs, list) else []
+
+    def _add_to_index(self, user: str, job_key: str) -> None:
+        # No compare-and-set: write, read back, and try again if a concurrent writer
+        # replaced the list without our job.
+        for _ in range(_INDEX_ATTEMPTS):
+            jobs = [j for j in self._load_index(user) if j != job_key]
+            jobs = [*jobs, job_key][-MAX_PENDING_ANSWERS * 2 :]
+            self._store.save(_USER_KIND, user, {"v": 2, "jobs": jobs})
+            if job_key in self._load_index(user):
+                return
+
+    def pending(self, openid: str) -> list[Delivery]:
+        """The user's open deliveries, oldest first (at most MAX_PENDING_ANSWERS)."""
+        user = hashed(openid)
+        cached = self._pending_cache.get(user)
+        if cached is not None:
+            return cached
+        found = [self.get(job) for job in self._load_index(user)]
+        live = [d for d in found if d is not None and self._live(d)][-MAX_PENDING_ANSWERS:]
+        self._pending_cache[user] = live
+        return live
 
     def has_pending(self, openid: str) -> bool:
-        return bool(self._live_pending(self._load_pending(hashed(openid))))
-
-    def add_remainder(self, openid: str, job_key: str, parts: list[str]) -> None:
-        """Keep ``parts`` (the rest of a job's answer) until fetched or expired."""
-        if not parts:
-            return
-        ident = hashed(openid)
-        pending = self._live_pending(self._load_pending(ident))
-        if any(p.job == job_key for p in pending):
-            return  # a retried delivery of the same message
-        pending.append(PendingAnswer(job_key, list(parts), self._clock()))
-        self._save_pending(ident, pending[-MAX_PENDING_ANSWERS:])
-        self._track("u", ident, self._clock() + self._retention)
-
-    def take_next(self, openid: str) -> tuple[str, bool] | None:
-        """Pop the next waiting part (oldest answer first) → (text, more_waiting)."""
-        ident = hashed(openid)
-        pending = self._live_pending(self._load_pending(ident))
-        if not pending:
-            return None
-        head = pending[0]
-        text = head.parts.pop(0)
-        if not head.parts:
-            pending.pop(0)
-        self._save_pending(ident, pending)
-        return text, bool(pending)
+        return bool(self.pending(openid))
 
     def forget_user(self, openid: str) -> None:
         """Delete what is kept for a user (they unfollowed the account)."""
-        self._store.remove(_USER_KIND, hashed(openid))
+        user = hashed(openid)
+        for job in self._load_index(user):
+            self._store.remove(_DELIVERY_KIND, job)
+        self._store.remove(_USER_KIND, user)
+        self._pending_cache.pop(user, None)

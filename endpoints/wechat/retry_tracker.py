@@ -43,6 +43,12 @@ class Job:
     user: str  # hashed OpenID
     parts: list[str] = field(default_factory=list)
     reason: str = ""  # why it failed, for logs (no content, no secrets)
+    worker: bool = False  # a worker request took the work over (see worker.py)
+    awaits: str = ""  # a fetch message waiting for this other job's answer
+
+    def elapsed(self, now: float) -> float:
+        """Time since the first delivery of this message claimed it."""
+        return now - self.created_at
 
     def is_settled(self) -> bool:
         return self.state is not JobState.RUNNING
@@ -68,6 +74,8 @@ class Job:
                 user=str(record.get("user", "")),
                 parts=[str(p) for p in record.get("parts", [])],
                 reason=str(record.get("reason", "")),
+                worker=bool(record.get("worker", False)),
+                awaits=str(record.get("awaits", "")),
             )
         except (KeyError, ValueError, TypeError):
             return None
@@ -88,6 +96,7 @@ class LocalSignals:
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._slots: dict[str, _Slot] = {}
+        self._carried: dict[str, int] = {}
 
     def watch(self, key: str) -> _Slot:
         with self._lock:
@@ -116,6 +125,23 @@ class LocalSignals:
         with self._lock:
             return len(self._slots)
 
+    def carry(self, key: str) -> None:
+        """A connection in this process will hand ``key``'s outcome over when it comes."""
+        with self._lock:
+            self._carried[key] = self._carried.get(key, 0) + 1
+
+    def drop(self, key: str) -> None:
+        with self._lock:
+            left = self._carried.get(key, 0) - 1
+            if left > 0:
+                self._carried[key] = left
+            else:
+                self._carried.pop(key, None)
+
+    def carried(self, key: str) -> bool:
+        with self._lock:
+            return key in self._carried
+
 
 SIGNALS = LocalSignals()
 
@@ -140,6 +166,10 @@ class RetryTracker:
         "no job" (see EndpointStore.load)."""
         record = self._store.load(_KIND, key, strict=strict)
         return Job.from_record(record) if record else None
+
+    @property
+    def signals(self) -> LocalSignals:
+        return self._signals
 
     def claim(self, key: str, user: str, lease_until: float) -> tuple[Job, bool]:
         """Write a RUNNING job and read it back: storage has no compare-and-set, so two
@@ -181,17 +211,35 @@ class RetryTracker:
     def release(self, key: str) -> None:
         self._signals.release(key)
 
-    def record_instant(self, key: str, user: str, parts: list[str]) -> Job:
+    def record_instant(
+        self, key: str, user: str, parts: list[str], created_at: float | None = None
+    ) -> Job:
         """An outcome known at once (command, welcome…): stored so retries repeat it."""
         now = self._clock()
         job = Job(
             key=key,
             state=JobState.DONE,
             owner="instant",
-            created_at=now,
+            created_at=now if created_at is None else created_at,
             lease_until=now,
             user=user,
             parts=parts,
+        )
+        self._store.save(_KIND, key, job.to_record())
+        return job
+
+    def mark_waiting(self, key: str, user: str, awaits: str, until: float) -> Job:
+        """A fetch message whose answer is another job's, not ready yet: its later
+        deliveries find this record and keep waiting (see Coordinator)."""
+        now = self._clock()
+        job = Job(
+            key=key,
+            state=JobState.RUNNING,
+            owner="await",
+            created_at=now,
+            lease_until=until,
+            user=user,
+            awaits=awaits,
         )
         self._store.save(_KIND, key, job.to_record())
         return job

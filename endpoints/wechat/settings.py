@@ -26,10 +26,21 @@ DEFAULT_TEXTS = {
     "timeout_message": "抱歉，这个问题我需要想得久一点，没能及时回复。请稍后再问我一次。",
     "unsupported_message": "暂时只能处理文字、图片、语音、链接和位置消息，请换一种方式告诉我吧。",
     "voice_fallback_message": "抱歉，这条语音我没听清，请发文字给我吧。",
+    "push_waiting_message": "问题有点复杂，我还在思考，想好了会马上发给你。",
+    "fetch_waiting_message": "问题有点复杂，我还在思考。请稍后回复「{keyword}」获取答案。",
 }
+DEFAULT_ANSWER_RETENTION_HOURS = 24
 
 _TOKEN_RE = re.compile(r"^[A-Za-z0-9]{3,32}$")
 _APP_ID_RE = re.compile(r"^wx[0-9a-zA-Z]{16}$")
+
+
+class DeliveryMode(StrEnum):
+    """How an answer that missed WeChat's reply window reaches the user (``delivery_mode``)."""
+
+    AUTO = "auto"  # push when the account can, fetch otherwise
+    PUSH = "push"  # customer-service messages (AppSecret, verified account)
+    FETCH = "fetch"  # the user sends the fetch keyword
 
 
 class ClickEventMode(StrEnum):
@@ -63,9 +74,14 @@ class Settings:
     timeout_message: str
     unsupported_message: str
     voice_fallback_message: str
+    push_waiting_message: str
+    fetch_waiting_message: str
     click_event_mode: ClickEventMode
     fetch_keyword: str
     timestamp_tolerance: int
+    delivery_mode: DeliveryMode = DeliveryMode.AUTO
+    worker_base_url: str = ""
+    answer_retention_hours: float = DEFAULT_ANSWER_RETENTION_HOURS
     problems: tuple[SettingProblem, ...] = field(default=())
 
     @property
@@ -77,6 +93,17 @@ class Settings:
     @property
     def can_verify(self) -> bool:
         return bool(self.token)
+
+    @property
+    def can_push(self) -> bool:
+        """Customer-service messages need the AppSecret (and a verified account)."""
+        return bool(self.app_secret and self.app_id) and self.delivery_mode is not (
+            DeliveryMode.FETCH
+        )
+
+    @property
+    def answer_retention_seconds(self) -> float:
+        return self.answer_retention_hours * 3600.0
 
 
 def _text(raw: Mapping[str, Any], name: str, default: str = "") -> str:
@@ -226,6 +253,59 @@ def load_settings(raw: Mapping[str, Any]) -> Settings:
                 )
             )
 
+    delivery_text = _text(raw, "delivery_mode", DeliveryMode.AUTO.value)
+    try:
+        delivery_mode = DeliveryMode(delivery_text or DeliveryMode.AUTO.value)
+    except ValueError:
+        delivery_mode = DeliveryMode.AUTO
+        problems.append(
+            SettingProblem(
+                "delivery_mode",
+                "The delivery mode must be auto, push or fetch; using auto.",
+                "送达方式必须是 auto、push 或 fetch，已使用 auto。",
+            )
+        )
+    if delivery_mode is DeliveryMode.PUSH and not _text(raw, "app_secret"):
+        problems.append(
+            SettingProblem(
+                "delivery_mode",
+                "Push needs the AppSecret; without it late answers are kept for the fetch keyword.",
+                "主动推送需要 AppSecret；未设置时，迟到的答案改为回复关键词获取。",
+            )
+        )
+
+    worker_base = ""
+    worker_text = _text(raw, "worker_base_url")
+    if worker_text:
+        normalized = normalize_api_base_url(worker_text)
+        if normalized is None:
+            problems.append(
+                SettingProblem(
+                    "worker_base_url",
+                    "The worker base URL is not a valid http(s) URL; using Dify's public URL.",
+                    "后台任务地址不是有效的 http(s) 地址，已改用 Dify 的公网地址。",
+                )
+            )
+        else:
+            worker_base = normalized
+
+    retention = float(DEFAULT_ANSWER_RETENTION_HOURS)
+    retention_text = _text(raw, "answer_retention_hours")
+    if retention_text:
+        try:
+            retention = float(retention_text)
+            if not 0.1 <= retention <= 720:
+                raise ValueError(retention_text)
+        except (ValueError, OverflowError):
+            retention = float(DEFAULT_ANSWER_RETENTION_HOURS)
+            problems.append(
+                SettingProblem(
+                    "answer_retention_hours",
+                    "The answer retention must be a number of hours (0.1-720); using 24.",
+                    "答案保留时长必须是 0.1-720 之间的小时数，已使用 24。",
+                )
+            )
+
     mode_text = _text(raw, "click_event_mode", ClickEventMode.QUERY.value)
     try:
         click_mode = ClickEventMode(mode_text or ClickEventMode.QUERY.value)
@@ -248,6 +328,9 @@ def load_settings(raw: Mapping[str, Any]) -> Settings:
         click_event_mode=click_mode,
         fetch_keyword=_text(raw, "fetch_keyword", "1") or "1",
         timestamp_tolerance=tolerance,
+        delivery_mode=delivery_mode,
+        worker_base_url=worker_base,
+        answer_retention_hours=retention,
         problems=tuple(problems),
         **texts,
     )

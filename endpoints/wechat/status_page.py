@@ -6,7 +6,8 @@ from __future__ import annotations
 from html import escape
 from urllib.parse import urlsplit, urlunsplit
 
-from .settings import Settings
+from .settings import DeliveryMode, Settings
+from .worker_link import WorkerHealth
 
 
 def public_endpoint_url(hook_url: str) -> str:
@@ -25,7 +26,49 @@ def _row(ok: bool | None, name: str, text_en: str, text_zh: str) -> str:
     )
 
 
-def render_status_page(settings: Settings, endpoint_url: str) -> str:
+def _worker_rows(settings: Settings, health: WorkerHealth | None) -> str:
+    if health is None:
+        state = _row(
+            None,
+            "worker",
+            "Not used yet: the first message that needs the app will try it.",
+            "尚未使用：第一条需要调用应用的消息会启动它。",
+        )
+    elif health.ok:
+        state = _row(
+            True,
+            "worker",
+            f"Reachable at {health.target}: answers may take as long as the app needs.",
+            f"可以访问（{health.target}）：答案不受 5 秒限制。",
+        )
+    else:
+        state = _row(
+            False,
+            "worker",
+            f"Unreachable at {health.target or '(unknown)'} ({health.reason}): only answers "
+            "ready within ~4 s reach users. Make Dify's public URL (ENDPOINT_URL_TEMPLATE / "
+            "nginx) reachable from the plugin, or set worker_base_url to an address that is.",
+            f"无法访问（{health.reason}）：只有 4 秒内生成的答案能送达。请确认插件能访问 Dify 的"
+            "公网地址，或在 worker_base_url 中填写插件可访问的地址。",
+        )
+    mode = settings.delivery_mode
+    if mode is DeliveryMode.FETCH or not settings.app_secret:
+        route_en = f"Late answers wait for the keyword 「{settings.fetch_keyword}」 (fetch)."
+        route_zh = f"迟到的答案需用户回复「{settings.fetch_keyword}」获取。"
+    elif mode is DeliveryMode.PUSH:
+        route_en, route_zh = (
+            "Late answers are pushed (customer-service messages).",
+            "迟到的答案主动推送（客服消息）。",
+        )
+    else:
+        route_en = "Late answers are pushed while the account allows it, else fetched (auto)."
+        route_zh = "迟到的答案优先主动推送，公众号无权限时改为回复关键词获取（auto）。"
+    return state + _row(True, "delivery_mode", route_en, route_zh)
+
+
+def render_status_page(
+    settings: Settings, endpoint_url: str, health: WorkerHealth | None = None
+) -> str:
     url = public_endpoint_url(endpoint_url)
     problems = {p.setting: p for p in settings.problems}
     rows: list[str] = []
@@ -85,6 +128,8 @@ vertical-align:top}}code{{background:#f4f4f4;padding:0 .3em;border-radius:3px}}
 <p><strong>{escape(headline)}</strong></p>
 <h2>Settings / 配置检查</h2>
 <table>{"".join(rows)}</table>
+<h2>Answers after 5 s / 超过 5 秒的答案</h2>
+<table>{_worker_rows(settings, health)}</table>
 <h2>WeChat console / 公众号后台（设置与开发 → 基本配置 → 服务器配置）</h2>
 <ol>
 <li>服务器地址(URL) / Server URL:

@@ -1,6 +1,8 @@
 """Fixed user-facing texts (the configurable ones live in settings.py)."""
 
 MORE_HINT = "\n\n（内容较长，回复「{keyword}」查看后续）"
+PUSH_MORE_HINT = "\n\n（内容较长，后续部分马上发送）"
+ANSWER_EXPIRED = "抱歉，之前的回答没能保存下来，请重新提问。"
 CONVERSATION_CLEARED = "好的，已开始新的对话，之前的内容我不会再参考了。"
 EMPTY_ANSWER = "（应用没有给出回答）"
 HELP_TEMPLATE = """可用指令：

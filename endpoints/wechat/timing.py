@@ -35,4 +35,35 @@ STORE_GUARD = 4.7 * TIME_SCALE
 #: because only "no response within 5 s" is a documented retry trigger.
 HOLD_UNTIL = 5.5 * TIME_SCALE
 #: How often a delivery polls storage for an answer produced in another process.
-POLL_INTERVAL = max(0.05, 0.25 * TIME_SCALE)
+POLL_INTERVAL = max(0.05, 0.2 * TIME_SCALE)
+
+# --- background work (the worker request) ---------------------------------------------
+
+#: WeChat starts its next delivery this long after the previous one started.
+RETRY_GAP = 5.0 * TIME_SCALE
+#: A delivery arriving this long after the first one is the last WeChat makes (the third,
+#: at ~10 s). Read "重试三次" as four deliveries and the answer is merely handed off 5 s
+#: earlier: a handed-off reply ends WeChat's retries either way.
+LAST_DELIVERY_AFTER = 1.5 * RETRY_GAP
+#: After this long from the first delivery no delivery can still reply with the answer:
+#: the last one (≈2 gaps in) has passed its deadline, with a margin for a late arrival.
+WINDOW_CLOSED_AFTER = 2 * RETRY_GAP + DELIVERY_DEADLINE + 2.0 * TIME_SCALE
+#: How long the first delivery waits for the worker request to confirm it started before
+#: carrying on without knowing (the work then simply shows up later, or is lost).
+WORKER_START_TIMEOUT = 2.5 * TIME_SCALE
+#: The claim made before the worker takes over lasts this long.
+WORKER_START_GRACE = 8.0 * TIME_SCALE
+#: The worker renews its lease this often and the lease lasts three renewals; a job whose
+#: lease ran out is lost (its worker died with its process).
+HEARTBEAT = 10.0 * TIME_SCALE
+LEASE = 3 * HEARTBEAT
+#: How often the worker looks for a hand-off or a passive reply of the first part.
+DELIVERY_POLL = max(0.1, 0.5 * TIME_SCALE)
+#: A pushed remainder waits this long after the passive reply of the first part, so the
+#: user sees the parts in order.
+PUSH_ORDER_DELAY = 0.5 * TIME_SCALE
+#: After a worker was unreachable, messages are answered inside the window without trying
+#: it again for this long (per process).
+WORKER_RETRY_AFTER = 60.0
+#: The worker call's signature is accepted for this long (not scaled: clocks, not protocol).
+WORKER_SIGNATURE_TTL = 60.0

@@ -39,7 +39,9 @@ def test_manifest_follows_the_daemon_rules() -> None:
 def test_endpoints_contract() -> None:
     group = load("group/wechat.yaml")
     routes = {(load(p)["method"], load(p)["path"]) for p in group["endpoints"]}
-    assert routes == {("GET", "/wechat"), ("POST", "/wechat")}
+    assert routes == {("GET", "/wechat"), ("POST", "/wechat"), ("POST", "/wechat/worker")}
+    hidden = {load(p)["path"] for p in group["endpoints"] if load(p).get("hidden")}
+    assert hidden == {"/wechat/worker"}
     for path in group["endpoints"]:
         source = load(path)["extra"]["python"]["source"]
         assert (ROOT / source).is_file()

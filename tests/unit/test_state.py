@@ -8,7 +8,7 @@ import time
 import pytest
 
 from endpoints.wechat import outbox as outbox_module
-from endpoints.wechat.outbox import Outbox
+from endpoints.wechat.outbox import Outbox, Route
 from endpoints.wechat.replay_guard import ReplayGuard
 from endpoints.wechat.retry_tracker import JobState, LocalSignals, RetryTracker
 from endpoints.wechat.storage import EndpointStore
@@ -22,7 +22,7 @@ def store(storage: MemoryStorage | None = None, endpoint: str = "ep-1") -> Endpo
 def test_keys_are_namespaced_and_hash_user_ids() -> None:
     storage = MemoryStorage()
     s = store(storage)
-    Outbox(s, RetryTracker(s)).add_remainder("oOPENID-secret", "job1", ["part"])
+    Outbox(s, RetryTracker(s)).open("oOPENID-secret", "job1", Route.FETCH, sent=1)
     assert all(k.startswith("wx/ep-1/") for k in storage.data)
     assert not any("oOPENID" in k for k in storage.data)
 
@@ -107,25 +107,57 @@ def test_wait_returns_at_deadline_or_when_lost() -> None:
     assert tracker.wait_settled(lost, until=time.time() + 5, poll_interval=0.05) == lost
 
 
-def test_outbox_serves_oldest_answer_first_and_expires() -> None:
+def test_deliveries_are_opened_once_and_listed_oldest_first() -> None:
     clock = FakeClock()
     s = store()
     outbox = Outbox(s, RetryTracker(s, clock), clock, retention=100)
-    outbox.add_remainder("user", "a", ["a1", "a2"])
-    outbox.add_remainder("user", "a", ["a1", "a2"])  # a retried delivery adds nothing
-    outbox.add_remainder("user", "b", ["b1"])
-    assert outbox.take_next("user") == ("a1", True)
-    assert outbox.take_next("user") == ("a2", True)
-    assert outbox.take_next("user") == ("b1", False)
-    assert outbox.take_next("user") is None
-    assert not outbox.has_pending("user")
+    first = outbox.open("user", "a", Route.FETCH, sent=1)
+    again = outbox.open("user", "a", Route.PUSH, sent=0)  # a retried delivery changes nothing
+    assert again == first
+    clock.advance(1)
+    outbox.open("user", "b", Route.PUSH, sent=0)
+    assert [d.job for d in outbox.pending("user")] == ["a", "b"]
     assert not outbox.has_pending("someone else")
 
-    outbox.add_remainder("user", "c", ["c1"])
-    assert outbox.has_pending("user")
-    clock.advance(101)
-    assert not outbox.has_pending("user")
-    assert outbox.take_next("user") is None
+    moved = outbox.advance(first, 2, total=3)
+    assert not moved.closed and outbox.get("a") == moved
+    done = outbox.advance(moved, 3, total=3)
+    assert done.closed
+    fresh = Outbox(s, RetryTracker(s, clock), clock, retention=100)  # next request
+    assert [d.job for d in fresh.pending("user")] == ["b"]
+
+    clock.advance(100)
+    assert not Outbox(s, RetryTracker(s, clock), clock, retention=100).has_pending("user")
+
+
+def test_a_failed_push_leaves_the_rest_fetchable() -> None:
+    s = store()
+    outbox = Outbox(s, RetryTracker(s))
+    pushed = outbox.open("user", "a", Route.PUSH, sent=0)
+    fallen = outbox.switch_to_fetch(pushed, announced=False)
+    assert fallen.route is Route.FETCH and fallen.unannounced
+    assert outbox.get("a") == fallen
+    assert outbox.advance(fallen, 1, total=2).unannounced is False
+
+
+def test_concurrent_opens_for_one_user_keep_both() -> None:
+    storage = MemoryStorage()
+    s = store(storage)
+    outbox = Outbox(s, RetryTracker(s))
+    original_set = storage.set
+    raced = []
+
+    def racing_set(key: str, val: bytes) -> None:
+        original_set(key, val)
+        if "/user/" in key and not raced:  # another request overwrites the index at once
+            raced.append(key)
+            original_set(key, b'{"v":2,"jobs":["other"]}')
+
+    storage.set = racing_set  # type: ignore[method-assign]
+    outbox.open("user", "mine", Route.FETCH, sent=1)
+    storage.set = original_set  # type: ignore[method-assign]
+    index = Outbox(s, RetryTracker(s))._load_index(next(iter(raced)).rsplit("/", 1)[1])
+    assert "mine" in index
 
 
 def sweep_everything(outbox: Outbox, tag: str) -> None:
@@ -142,32 +174,41 @@ def test_sweep_deletes_expired_records_of_everyone() -> None:
     outbox = Outbox(s, tracker, clock, retention=1000, job_retention=200)
     tracker.record_instant("a0ld", "u", ["x"])
     outbox.track_job("a0ld")
-    outbox.add_remainder("gone-user", "a0ld", ["rest"])
+    tracker.record_instant("b0ld", "u", ["y", "z"])
+    outbox.track_job("b0ld")
+    outbox.open("gone-user", "b0ld", Route.FETCH, sent=1)
     clock.advance(201)
     sweep_everything(outbox, "new")
     assert tracker.get("a0ld") is None
-    assert outbox.has_pending("gone-user")  # answers live longer than job records
+    # A job whose answer is still being delivered lives as long as its delivery.
+    assert tracker.get("b0ld") is not None
+    assert Outbox(s, tracker, clock, retention=1000).has_pending("gone-user")
     clock.advance(1000)
     sweep_everything(outbox, "newer")
-    assert not any("/user/" in k for k in storage.data)
+    sweep_everything(outbox, "newest")
+    assert not any("/user/" in k or "/delivery/" in k for k in storage.data)
+    assert tracker.get("b0ld") is None
 
 
-def test_waiting_parts_stay_tracked_while_live() -> None:
+def test_waiting_deliveries_stay_tracked_while_live() -> None:
     clock = FakeClock()
     storage = MemoryStorage()
     s = store(storage)
-    outbox = Outbox(s, RetryTracker(s, clock), clock, retention=1000)
-    outbox.add_remainder("user", "j1", ["a"])
+
+    def outbox() -> Outbox:  # one per request, as in the plugin
+        return Outbox(s, RetryTracker(s, clock), clock, retention=1000)
+
+    # Job keys are hex digests in the plugin: they land in the ring shards swept below.
+    outbox().open("user", "a1", Route.FETCH, sent=0)
     clock.advance(600)
-    outbox.add_remainder("user", "j2", ["b"])  # a second long answer later
+    outbox().open("user", "b2", Route.FETCH, sent=0)  # a second answer later
     clock.advance(500)  # the first expired, the second is live
-    sweep_everything(outbox, "t1")
-    assert outbox.take_next("user") == ("b", False)
-    outbox.add_remainder("user", "j3", ["c"])
+    sweep_everything(outbox(), "t1")
+    assert [d.job for d in outbox().pending("user")] == ["b2"]
     clock.advance(2000)
-    sweep_everything(outbox, "t2")
-    sweep_everything(outbox, "t3")
-    assert not any("/user/" in k for k in storage.data)  # never leaked
+    sweep_everything(outbox(), "t2")
+    sweep_everything(outbox(), "t3")
+    assert not any("/user/" in k or "/delivery/" in k for k in storage.data)  # never leaked
 
 
 def test_a_sweep_deletes_a_bounded_number_of_records() -> None:
@@ -202,9 +243,10 @@ def test_forget_user() -> None:
     storage = MemoryStorage()
     s = store(storage)
     outbox = Outbox(s, RetryTracker(s))
-    outbox.add_remainder("user", "a", ["a1"])
+    outbox.open("user", "a", Route.FETCH, sent=1)
     outbox.forget_user("user")
     assert not outbox.has_pending("user")
+    assert not any("/delivery/" in k for k in storage.data)
 
 
 def test_replay_guard() -> None:

@@ -31,7 +31,13 @@ class AskApp:
     query: str
 
 
-Outcome = Reply | AskApp
+@dataclass(frozen=True)
+class FetchNext:
+    """Reply with the next waiting part of an earlier answer (waiting for it if the app
+    is still working on it)."""
+
+
+Outcome = Reply | AskApp | FetchNext
 
 SILENT = Reply(None)
 

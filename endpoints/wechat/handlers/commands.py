@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 from ..models import InboundMessage, TextMessage
-from ..texts import CONVERSATION_CLEARED, HELP_TEMPLATE, MORE_HINT
-from .base import Handler, HandlerContext, Outcome, Reply
+from ..texts import CONVERSATION_CLEARED, HELP_TEMPLATE
+from .base import FetchNext, Handler, HandlerContext, Outcome, Reply
 
 CLEAR_COMMANDS = frozenset({"/clear", "/new", "/reset", "/清除", "/新对话", "/重置"})
 HELP_COMMANDS = frozenset({"/help", "/帮助", "/?"})
@@ -47,10 +47,4 @@ class FetchCommand(Handler):
         )
 
     def handle(self, message: InboundMessage, ctx: HandlerContext) -> Outcome:
-        taken = ctx.outbox.take_next(message.from_user)
-        if taken is None:  # expired between the check and now
-            return Reply(None)
-        text, more = taken
-        if more:
-            text += MORE_HINT.format(keyword=ctx.settings.fetch_keyword)
-        return Reply(text, paginated=True)
+        return FetchNext()

@@ -1,0 +1,194 @@
+"""How the rest of an answer reaches the user after WeChat's reply window: push or fetch.
+
+* **push** — customer-service text messages (``api.custom_message``), at most
+  ``PUSH_QUOTA`` per user message (WeChat allows 5 within 48 h after a user's message);
+  what does not fit stays fetchable and the last pushed part says how to get it.
+* **fetch** — the parts wait in storage; the user sends the fetch keyword for each one.
+* **auto** — push where the account can: the AppSecret is set and WeChat has not answered
+  48001 (not allowed) lately; fetch otherwise.
+
+A push that fails for the account (48001), the user (45015 outside the 48-hour window,
+45047 quota used) or the network leaves the rest fetchable. Token expiry (40001/42001/
+40014) is handled inside the client: one refresh, one retry.
+Reference: ``wechat-protocol.md`` §7.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from typing import Protocol
+
+from . import timing
+from .api import TransportError, Unauthorized, WeChatClient, WeChatError
+from .outbox import Delivery, Outbox, Route
+from .settings import DeliveryMode, Settings
+from .storage import EndpointStore
+from .texts import MORE_HINT
+
+logger = logging.getLogger(__name__)
+
+#: Customer-service messages per user message (WeChat: 5 within 48 hours).
+PUSH_QUOTA = 5
+#: A 48001 ("api unauthorized") keeps auto mode on fetch for this long.
+PUSH_BLOCKED_SECONDS = 6 * 3600.0
+#: How long one push may take (token fetch, send, refresh and retry included).
+PUSH_TIMEOUT = 10.0
+_STATE_KIND = "state"
+_BLOCKED_IDENT = "push-blocked"
+_CACHE_SECONDS = 30.0
+
+
+class TextSender(Protocol):
+    def send_text(self, openid: str, content: str) -> None: ...
+
+    def start_typing(self, openid: str) -> None: ...
+
+    def close(self) -> None: ...
+
+
+class WeChatSender:
+    """The customer-service API behind :class:`TextSender`."""
+
+    def __init__(self, settings: Settings, store: EndpointStore) -> None:
+        self._client = WeChatClient(
+            settings.api_base_url, settings.app_id, settings.app_secret, store
+        )
+
+    def send_text(self, openid: str, content: str) -> None:
+        self._client.custom_message.send_text(openid, content, timeout=PUSH_TIMEOUT)
+
+    def start_typing(self, openid: str) -> None:
+        self._client.typing.start(openid, timeout=PUSH_TIMEOUT)
+
+    def close(self) -> None:
+        self._client.close()
+
+
+class _BlockedCache:
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._entries: dict[str, tuple[float, bool]] = {}
+
+    def get(self, scope: str, now: float) -> bool | None:
+        with self._lock:
+            entry = self._entries.get(scope)
+        if entry is None or now - entry[0] > _CACHE_SECONDS:
+            return None
+        return entry[1]
+
+    def put(self, scope: str, now: float, blocked: bool) -> None:
+        with self._lock:
+            self._entries[scope] = (now, blocked)
+
+
+_BLOCKED = _BlockedCache()
+
+
+class Router:
+    """Chooses push or fetch for an answer that continues after the window."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        store: EndpointStore,
+        scope: str,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self._settings = settings
+        self._store = store
+        self._scope = scope
+        self._clock = clock
+
+    def route(self) -> Route:
+        mode = self._settings.delivery_mode
+        if mode is DeliveryMode.FETCH or not self._settings.can_push:
+            return Route.FETCH
+        if mode is DeliveryMode.PUSH:
+            return Route.PUSH
+        return Route.FETCH if self.push_blocked() else Route.PUSH
+
+    def push_blocked(self) -> bool:
+        now = self._clock()
+        cached = _BLOCKED.get(self._scope, now)
+        if cached is not None:
+            return cached
+        record = self._store.load(_STATE_KIND, _BLOCKED_IDENT) or {}
+        blocked = float(record.get("until", 0) or 0) > now
+        _BLOCKED.put(self._scope, now, blocked)
+        return blocked
+
+    def block_push(self) -> None:
+        now = self._clock()
+        self._store.save(_STATE_KIND, _BLOCKED_IDENT, {"until": now + PUSH_BLOCKED_SECONDS})
+        _BLOCKED.put(self._scope, now, True)
+
+
+class Pusher:
+    """Sends the rest of an answer as customer-service messages (the worker's job)."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        outbox: Outbox,
+        router: Router,
+        sender: TextSender,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> None:
+        self._settings = settings
+        self._outbox = outbox
+        self._router = router
+        self._sender = sender
+        self._sleep = sleep
+
+    def push(self, delivery: Delivery, parts: list[str], openid: str, ref: str) -> Delivery:
+        start = delivery.sent
+        if start >= len(parts):
+            return self._outbox.close(delivery)
+        if start > 0:  # the first part went out as a passive reply a moment ago
+            self._sleep(timing.PUSH_ORDER_DELAY)
+        end = min(len(parts), start + PUSH_QUOTA)
+        keyword = self._settings.fetch_keyword
+        for index in range(start, end):
+            text = parts[index]
+            last_pushed = index == end - 1
+            if last_pushed and end < len(parts):
+                text += MORE_HINT.format(keyword=keyword)
+            try:
+                self._sender.send_text(openid, text)
+            except Unauthorized as exc:
+                logger.warning(
+                    "WeChat refused customer-service messages (%s): this account may not send "
+                    "them (verified accounts only). Late answers now wait for the fetch "
+                    "keyword; set delivery_mode to fetch to stop trying.",
+                    exc.errcode,
+                )
+                self._router.block_push()
+                return self._outbox.switch_to_fetch(delivery, announced=False)
+            except (TransportError, WeChatError) as exc:
+                logger.warning(
+                    "Pushing part %d of message %s failed (%s); the rest waits for the "
+                    "fetch keyword",
+                    index + 1,
+                    ref,
+                    _describe(exc),
+                )
+                return self._outbox.switch_to_fetch(delivery, announced=False)
+            delivery = self._outbox.advance(delivery, index + 1, len(parts))
+        logger.info("Pushed %d part(s) of message %s", end - start, ref)
+        if end < len(parts):
+            return self._outbox.switch_to_fetch(delivery, announced=True)
+        return delivery
+
+    def start_typing(self, openid: str) -> None:
+        try:
+            self._sender.start_typing(openid)
+        except Exception as exc:  # a nicety: never worth more than a debug line
+            logger.debug("Typing indicator not shown (%s)", _describe(exc))
+
+
+def _describe(exc: BaseException) -> str:
+    code = getattr(exc, "errcode", None)
+    return f"{type(exc).__name__} {code}" if code is not None else type(exc).__name__

@@ -1,0 +1,183 @@
+"""The worker request: runs one message's app call in a Dify session of its own, and sees
+the answer through to the user (DESIGN §3-4).
+
+The first delivery of a message claims its job and calls ``POST …/wechat/worker`` with a
+signed :class:`~.worker_link.WorkTicket`. Here the ticket is checked (signature, age, the
+job still waiting for exactly this claim), the job is taken over, and the answer is
+streamed back as lines (see ``worker_link``) while:
+
+1. the app runs; the job's lease is renewed every ``HEARTBEAT`` (deliveries treat a job
+   whose lease ran out as lost) and a keep-alive line keeps the caller's connection open;
+2. the outcome is handed to waiting deliveries (in-process signal, the ``done`` line for
+   the caller's process, storage for the rest);
+3. the worker stays until WeChat's deliveries are over: if the last one handed off, or the
+   first part went out passively with more to come, the rest is pushed or left to fetch.
+
+A refused ticket gets 403 (bad signature) or 409 (nothing to do) before any side effect.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, replace
+from functools import partial
+
+from . import timing
+from .coordinator import finish_answer, run_side_by_side, start_background
+from .delivery import Pusher, Router, TextSender, WeChatSender
+from .dify_app import AppAnswer, DifyApp
+from .outbox import Delivery, Outbox, Route
+from .retry_tracker import Job, JobState, RetryTracker
+from .settings import Settings
+from .storage import EndpointStore
+from .worker_link import WorkTicket, signature_valid, worker_key
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class WorkerRefusal:
+    status: int
+    reason: str
+
+
+@dataclass
+class WorkerContext:
+    settings: Settings
+    endpoint_id: str
+    store: EndpointStore
+    tracker: RetryTracker
+    outbox: Outbox
+    app: DifyApp
+    router: Router
+    clock: Callable[[], float] = time.time
+    sleep: Callable[[float], None] = time.sleep
+    sender_factory: Callable[[], TextSender] | None = None
+
+
+def check_ticket(
+    headers: dict[str, str], body: bytes, ctx: WorkerContext
+) -> tuple[WorkTicket, Job] | WorkerRefusal:
+    """Everything a worker call must pass before it may touch anything."""
+    if not ctx.settings.can_verify:
+        return WorkerRefusal(403, "no Token configured")
+    key = worker_key(ctx.settings, ctx.endpoint_id)
+    if not signature_valid(key, headers, body, ctx.clock(), timing.WORKER_SIGNATURE_TTL):
+        return WorkerRefusal(403, "bad or stale worker signature")
+    ticket = WorkTicket.from_bytes(body)
+    if ticket is None:
+        return WorkerRefusal(400, "malformed worker ticket")
+    job = ctx.tracker.get(ticket.job, strict=True)
+    if job is None or job.owner != ticket.owner or job.state is not JobState.RUNNING:
+        return WorkerRefusal(409, "the job is not waiting for this worker")
+    if job.worker:
+        return WorkerRefusal(409, "the job was already taken by a worker")
+    return ticket, job
+
+
+class Worker:
+    def __init__(self, ctx: WorkerContext, ticket: WorkTicket, job: Job) -> None:
+        self._ctx = ctx
+        self._ticket = ticket
+        self._job = job
+
+    def run(self) -> Iterator[str]:
+        """The response body: progress lines for the caller (see ``worker_link``)."""
+        ctx, ticket = self._ctx, self._ticket
+        job = replace(self._job, worker=True, lease_until=ctx.clock() + timing.LEASE)
+        ctx.tracker.store(job)
+        yield "started\n"
+
+        outcome: list[tuple[Job, AppAnswer | None]] = []
+        done = threading.Event()
+
+        def work() -> None:
+            try:
+                outcome.append(
+                    finish_answer(
+                        job, ticket.query, ticket.openid, ticket.inputs, ctx.app, ctx.settings
+                    )
+                )
+            finally:
+                done.set()
+
+        start_background(work)
+        next_beat = ctx.clock() + timing.HEARTBEAT
+        typing_at = job.created_at + timing.LAST_DELIVERY_AFTER + timing.DELIVERY_DEADLINE
+        typing_checked = False
+        while not done.wait(timeout=min(timing.HEARTBEAT, 1.0 * timing.TIME_SCALE + 0.05)):
+            now = ctx.clock()
+            if now >= next_beat:
+                job = replace(job, lease_until=now + timing.LEASE)
+                self._quietly(partial(ctx.tracker.store, job), "renewing the lease")
+                next_beat = now + timing.HEARTBEAT
+                yield "\n"
+            if not typing_checked and now >= typing_at:
+                typing_checked = True
+                self._quietly(self._typing_after_handoff, "showing the typing indicator")
+
+        if not outcome:  # the work itself failed unexpectedly (logged there)
+            yield "end\n"
+            return
+        settled, answer = outcome[0]
+        ctx.tracker.signals.fire(settled)
+        yield "done " + json.dumps(settled.to_record(), ensure_ascii=False) + "\n"
+        writes = [lambda: ctx.tracker.store(settled)]
+        if answer is not None:
+            done_answer = answer
+            writes.append(lambda: ctx.app.remember(ticket.openid, done_answer))
+        self._quietly(lambda: run_side_by_side(writes), "storing the answer")
+        self._quietly(lambda: self._see_through(settled), "delivering the answer")
+        yield "end\n"
+
+    def _quietly(self, task: Callable[[], None], what: str) -> None:
+        try:
+            task()
+        except Exception:
+            logger.warning(
+                "Worker for message %s: %s failed", self._ticket.ref, what, exc_info=True
+            )
+
+    def _typing_after_handoff(self) -> None:
+        delivery = self._ctx.outbox.get(self._ticket.job)
+        if delivery is not None and delivery.route is Route.PUSH and delivery.sent == 0:
+            self._pusher(lambda pusher: pusher.start_typing(self._ticket.openid))
+
+    def _see_through(self, settled: Job) -> None:
+        """Wait until no delivery can reply any more, then send what is still owed."""
+        ctx = self._ctx
+        closes_at = settled.created_at + timing.WINDOW_CLOSED_AFTER
+        # Single-part answers only matter if the last delivery handed off; a longer one
+        # may also need its rest pushed right after a passive first part.
+        interval = timing.DELIVERY_POLL if len(settled.parts) > 1 else None
+        delivery = ctx.outbox.get(settled.key, strict=True)
+        while delivery is None:
+            now = ctx.clock()
+            if now >= closes_at:
+                return  # answered passively (or WeChat stopped delivering)
+            ctx.sleep(min(interval or closes_at - now, closes_at - now))
+            delivery = ctx.outbox.get(settled.key, strict=True)
+        self._continue(delivery, settled)
+
+    def _continue(self, delivery: Delivery, settled: Job) -> None:
+        if delivery.closed or delivery.route is not Route.PUSH:
+            return  # fetch: the parts wait in the job record for the keyword
+        self._pusher(
+            lambda pusher: pusher.push(
+                delivery, settled.parts, self._ticket.openid, self._ticket.ref
+            )
+        )
+
+    def _pusher(self, use: Callable[[Pusher], object]) -> None:
+        ctx = self._ctx
+        sender = ctx.sender_factory() if ctx.sender_factory else None
+        if sender is None:
+            sender = WeChatSender(ctx.settings, ctx.store)
+        try:
+            use(Pusher(ctx.settings, ctx.outbox, ctx.router, sender, ctx.sleep))
+        finally:
+            sender.close()
