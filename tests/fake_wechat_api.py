@@ -180,6 +180,7 @@ class FakeWeChatAPI:
         self._scripts: list[_Script] = []
         self._calls: list[Call] = []
         self._outbox: dict[str, list[dict[str, Any]]] = defaultdict(list)
+        self._sent_at: dict[str, list[float]] = defaultdict(list)
         self._quota_left: dict[str, int] = {}
         self._unfollowed: set[str] = set()
         self._media: dict[str, StoredMedia] = {}
@@ -340,6 +341,14 @@ class FakeWeChatAPI:
             else:
                 seen.append((str(body.get("msgtype")), json.dumps(body, ensure_ascii=False)))
         return seen
+
+    def timed_texts(self, openid: str) -> list[tuple[float, str]]:
+        """``(time.monotonic() when accepted, content)`` of each text sent to ``openid``."""
+        with self._lock:
+            pairs = list(
+                zip(self._sent_at.get(openid, []), self._outbox.get(openid, []), strict=True)
+            )
+        return [(at, b["text"]["content"]) for at, b in pairs if b.get("msgtype") == "text"]
 
     def texts(self, openid: str) -> list[str]:
         """The text messages ``openid`` received, in order."""
@@ -524,6 +533,7 @@ class FakeWeChatAPI:
                 return _error(45047)
             self._quota_left[openid] = left - 1
         self._outbox[openid].append(body)
+        self._sent_at[openid].append(time.monotonic())
         return _json_answer(_OK)
 
     def _typing(self, method: str, body: Any) -> _Answer:
@@ -533,6 +543,7 @@ class FakeWeChatAPI:
         if body.get("command") not in ("Typing", "CancelTyping"):
             return _error(45072)
         self._outbox[openid].append(body)
+        self._sent_at[openid].append(time.monotonic())
         return _json_answer(_OK)
 
     def _upload(self, method: str, query: dict[str, str], headers: Any, body: bytes) -> _Answer:

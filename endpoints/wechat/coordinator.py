@@ -214,8 +214,9 @@ class Coordinator:
         try:
             call = self._worker.start(ticket)
             call.wait(min(timing.WORKER_START_TIMEOUT, deadline - self._clock()))
-            if call.failure is not None:
-                self._bookkeep(lambda: self._worker.failed(call.failure or ""))
+            if call.failure is not None and not call.started:
+                worker, reason = self._worker, call.failure
+                self._bookkeep(lambda: worker.failed(reason))
                 inline = replace(job, lease_until=arrived_at + timing.STORE_GUARD)
                 self._tracker.store(inline)
                 return inline

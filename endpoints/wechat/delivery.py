@@ -176,6 +176,9 @@ class Pusher:
                     _describe(exc),
                 )
                 return self._outbox.switch_to_fetch(delivery, announced=False)
+            except Exception:
+                logger.exception("Pushing part %d of message %s failed", index + 1, ref)
+                return self._outbox.switch_to_fetch(delivery, announced=False)
             delivery = self._outbox.advance(delivery, index + 1, len(parts))
         logger.info("Pushed %d part(s) of message %s", end - start, ref)
         if end < len(parts):

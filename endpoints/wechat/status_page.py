@@ -104,6 +104,9 @@ def render_status_page(
     )
     check("wechat_api_base_url", "WeChat API base URL is valid.", "微信接口地址有效。")
     check("timestamp_tolerance", "Timestamp tolerance is valid.", "时间戳容差有效。")
+    for name in ("delivery_mode", "worker_base_url", "answer_retention_hours"):
+        if name in problems:
+            check(name, "", "")
 
     ready = not any(p.fatal for p in settings.problems) and "app" not in problems
     headline = (

@@ -76,6 +76,9 @@ def check_ticket(
         return WorkerRefusal(409, "the job is not waiting for this worker")
     if job.worker:
         return WorkerRefusal(409, "the job was already taken by a worker")
+    if job.is_lost(ctx.clock()):
+        # Too late: a delivery may already have told the user the answer timed out.
+        return WorkerRefusal(409, "the job's claim expired before the worker started")
     return ticket, job
 
 
@@ -107,8 +110,11 @@ class Worker:
 
         start_background(work)
         next_beat = ctx.clock() + timing.HEARTBEAT
-        typing_at = job.created_at + timing.LAST_DELIVERY_AFTER + timing.DELIVERY_DEADLINE
-        typing_checked = False
+        # The typing indicator follows a push hand-off, which the last delivery makes at
+        # its deadline: look for it from then until WeChat's window has surely closed.
+        typing_from = job.created_at + 2 * timing.RETRY_GAP + timing.DELIVERY_DEADLINE
+        typing_until = job.created_at + timing.WINDOW_CLOSED_AFTER
+        typing_done = False
         while not done.wait(timeout=min(timing.HEARTBEAT, 1.0 * timing.TIME_SCALE + 0.05)):
             now = ctx.clock()
             if now >= next_beat:
@@ -116,9 +122,8 @@ class Worker:
                 self._quietly(partial(ctx.tracker.store, job), "renewing the lease")
                 next_beat = now + timing.HEARTBEAT
                 yield "\n"
-            if not typing_checked and now >= typing_at:
-                typing_checked = True
-                self._quietly(self._typing_after_handoff, "showing the typing indicator")
+            if not typing_done and typing_from <= now:
+                typing_done = now > typing_until or self._typing_after_handoff()
 
         if not outcome:  # the work itself failed unexpectedly (logged there)
             yield "end\n"
@@ -142,10 +147,21 @@ class Worker:
                 "Worker for message %s: %s failed", self._ticket.ref, what, exc_info=True
             )
 
-    def _typing_after_handoff(self) -> None:
-        delivery = self._ctx.outbox.get(self._ticket.job)
-        if delivery is not None and delivery.route is Route.PUSH and delivery.sent == 0:
-            self._pusher(lambda pusher: pusher.start_typing(self._ticket.openid))
+    def _typing_after_handoff(self) -> bool:
+        """Show the typing indicator once the last delivery handed off for a push; True
+        once there is nothing more to look for."""
+        try:
+            delivery = self._ctx.outbox.get(self._ticket.job)
+        except Exception:
+            return False
+        if delivery is None:
+            return False
+        if delivery.route is Route.PUSH and delivery.sent == 0:
+            self._quietly(
+                lambda: self._pusher(lambda pusher: pusher.start_typing(self._ticket.openid)),
+                "showing the typing indicator",
+            )
+        return True
 
     def _see_through(self, settled: Job) -> None:
         """Wait until no delivery can reply any more, then send what is still owed."""

@@ -115,7 +115,10 @@ def signature_valid(
         return False
     if abs(age) > ttl:
         return False
-    return hmac.compare_digest(sign(key, timestamp, body), signature)
+    # Header values may hold any latin-1 text; compare bytes so odd input is a mismatch.
+    return hmac.compare_digest(
+        sign(key, timestamp, body).encode(), signature.encode("utf-8", "replace")
+    )
 
 
 def header(headers: Mapping[str, str], name: str) -> str:
@@ -151,7 +154,11 @@ def worker_url(headers: Mapping[str, str], settings: Settings) -> str | None:
 def describe_url(url: str) -> str:
     """Scheme and host only: enough to fix a set-up, nothing that opens the endpoint."""
     parts = urlsplit(url)
-    return f"{parts.scheme}://{parts.netloc}"
+    host = parts.hostname or ""
+    if ":" in host:
+        host = f"[{host}]"
+    port = f":{parts.port}" if parts.port else ""
+    return f"{parts.scheme}://{host}{port}"
 
 
 # --- health -----------------------------------------------------------------------------
@@ -241,7 +248,10 @@ class WorkerCall:
         self.settled.set()
 
     def _fail(self, reason: str) -> None:
-        self.failure = reason
+        # Once started, the worker owns the job: a broken connection later is no failure
+        # to fall back from (that would be a second app call).
+        if not self.started:
+            self.failure = reason
         self.settled.set()
 
     def wait(self, timeout: float) -> None:
@@ -268,7 +278,6 @@ def launch(
         TIMESTAMP_HEADER: timestamp,
         SIGNATURE_HEADER: sign(key, timestamp, body),
     }
-    signals.carry(ticket.job)
 
     def follow() -> None:
         response = None
@@ -304,7 +313,12 @@ def launch(
             if response is not None:
                 response.close()
 
-    spawn(follow)
+    signals.carry(ticket.job)
+    try:
+        spawn(follow)
+    except Exception:
+        signals.drop(ticket.job)
+        raise
     return call
 
 

@@ -298,6 +298,7 @@ class DaemonEmulator:
         max_execution_timeout: float = 60.0,
         cut_mode: CutMode = "abort",
         startup_timeout: float = 30.0,
+        ping_interval: float = 1.0,
     ) -> None:
         if processes < 1:
             raise ValueError("processes must be >= 1")
@@ -309,6 +310,12 @@ class DaemonEmulator:
         self.cut_mode: CutMode = cut_mode
         self.max_execution_timeout = max_execution_timeout
         self.startup_timeout = startup_timeout
+        self.ping_interval = ping_interval
+        """Dify's app streams carry ``ping`` events while nothing else happens (Dify sends
+        one every 10 s); a long app's stream would otherwise hit MAX_INVOCATION_TIMEOUT."""
+        self.blocked_paths: set[str] = set()
+        """Endpoint paths (after the hook id) answered 404, like a route the installed
+        plugin version does not have."""
         self._n_processes = processes
         self._env = dict(env or {})
         self._plugin_dir = plugin_dir
@@ -597,7 +604,12 @@ class DaemonEmulator:
 
     def _front(self, h: _Handler, after_e: str, raw_query: str) -> None:
         hook_id, slash, rest = after_e.partition("/")
-        if hook_id != self.hook_id or not slash or not self.enabled:
+        if (
+            hook_id != self.hook_id
+            or not slash
+            or not self.enabled
+            or ("/" + rest in self.blocked_paths)
+        ):
             self._read_body(h)
             self._json_error(h, 404, -404, "endpoint not found")
             return
@@ -956,11 +968,18 @@ class DaemonEmulator:
         start = call["started"]
 
         def wait_until(offset: float) -> bool:
-            """Sleep until ``start + offset``; False when the session ended meanwhile."""
-            remaining = start + offset - time.monotonic()
-            if remaining > 0:
-                sess.closed.wait(remaining)
-            return not sess.closed.is_set()
+            """Sleep until ``start + offset`` (pinging meanwhile when streaming); False when
+            the session ended meanwhile."""
+            while True:
+                remaining = start + offset - time.monotonic()
+                if remaining <= 0:
+                    return not sess.closed.is_set()
+                streaming = call["response_mode"] == "streaming"
+                step = min(remaining, self.ping_interval) if streaming else remaining
+                if sess.closed.wait(step):
+                    return False
+                if streaming and start + offset - time.monotonic() > 0:
+                    stream.send("response", {"event": "ping"})
 
         def cut() -> None:
             call["cut"] = True

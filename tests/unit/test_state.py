@@ -145,7 +145,7 @@ def test_concurrent_opens_for_one_user_keep_both() -> None:
     s = store(storage)
     outbox = Outbox(s, RetryTracker(s))
     original_set = storage.set
-    raced = []
+    raced: list[str] = []
 
     def racing_set(key: str, val: bytes) -> None:
         original_set(key, val)
