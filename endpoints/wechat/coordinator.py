@@ -29,7 +29,7 @@ from .outbox import Outbox, Route
 from .retry_tracker import Job, JobState, RetryTracker
 from .settings import Settings
 from .storage import hashed
-from .texts import ANSWER_EXPIRED, EMPTY_ANSWER, MORE_HINT, PUSH_MORE_HINT
+from .texts import ANSWER_EXPIRED, EMPTY_ANSWER, MORE_HINT, PUSH_MORE_HINT, UNREAD_HINT
 from .worker_link import WorkerCall, WorkTicket
 
 logger = logging.getLogger(__name__)
@@ -223,6 +223,9 @@ class Coordinator:
             if call.started:
                 self._bookkeep(self._worker.reached)
             self._bookkeep(lambda: self._outbox.track_job(key))
+            # While the app works: is an earlier answer waiting that the user was never
+            # told about (its push failed)? The reply can say so.
+            self._bookkeep(lambda: self._outbox.pending(message.from_user))
             return self._follow(job, message, arrived_at)
         finally:
             self._tracker.release(key)
@@ -260,7 +263,7 @@ class Coordinator:
             finished.wait(timeout=max(0.0, arrived_at + timing.STORE_GUARD - self._clock()))
 
     @staticmethod
-    def _bookkeep(task: Callable[[], None]) -> None:
+    def _bookkeep(task: Callable[[], object]) -> None:
         """Storage housekeeping never decides a reply: log its failure and go on."""
         try:
             task()
@@ -325,7 +328,28 @@ class Coordinator:
                 logger.warning(msgs.BOOKKEEPING_FAILED, exc_info=True)
             else:
                 text += self._more_hint(delivery.route)
+        if job.worker:
+            text = self._announce_unread(text, message, job.key)
         return Decision(Action.REPLY, text)
+
+    def _announce_unread(self, text: str, message: InboundMessage, current: str) -> str:
+        """Tell the user about an earlier answer that waits for the keyword because its
+        push failed (the only chance to: pushing is what failed)."""
+        unread = [
+            d
+            for d in self._outbox.cached_pending(message.from_user)
+            if d.unannounced and d.job != current
+        ]
+        notice = UNREAD_HINT.format(keyword=self._settings.fetch_keyword)
+        if not unread or utf8_len(text + notice) > TEXT_BUDGET_BYTES:
+            return text
+        try:
+            for delivery in unread:
+                self._outbox.save(replace(delivery, unannounced=False))
+        except Exception:
+            logger.warning(msgs.BOOKKEEPING_FAILED, exc_info=True)
+            return text
+        return text + notice
 
     def _more_hint(self, route: Route) -> str:
         if route is Route.PUSH:

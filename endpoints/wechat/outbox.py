@@ -241,6 +241,10 @@ class Outbox:
         self._pending_cache[user] = live
         return live
 
+    def cached_pending(self, openid: str) -> list[Delivery]:
+        """What ``pending`` found earlier in this request (nothing if it was not asked)."""
+        return self._pending_cache.get(hashed(openid), [])
+
     def has_pending(self, openid: str) -> bool:
         return bool(self.pending(openid))
 

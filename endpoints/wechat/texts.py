@@ -2,6 +2,7 @@
 
 MORE_HINT = "\n\n（内容较长，回复「{keyword}」查看后续）"
 PUSH_MORE_HINT = "\n\n（内容较长，后续部分马上发送）"
+UNREAD_HINT = "\n\n（你还有一条之前的回答没有收到，回复「{keyword}」查看）"
 ANSWER_EXPIRED = "抱歉，之前的回答没能保存下来，请重新提问。"
 CONVERSATION_CLEARED = "好的，已开始新的对话，之前的内容我不会再参考了。"
 EMPTY_ANSWER = "（应用没有给出回答）"

@@ -24,6 +24,7 @@ PUSH_WAIT = "问题有点复杂，我还在思考，想好了会马上发给你�
 FETCH_WAIT = "问题有点复杂，我还在思考。请稍后回复「1」获取答案。"
 MORE = "（内容较长，回复「1」查看后续）"
 PUSH_MORE = "（内容较长，后续部分马上发送）"
+UNREAD = "\n\n（你还有一条之前的回答没有收到，回复「1」查看）"
 TIMEOUT_TEXT = "抱歉，这个问题我需要想得久一点，没能及时回复。请稍后再问我一次。"
 
 
@@ -474,3 +475,26 @@ def test_a_five_minute_answer_still_arrives(
     finish(emu)
     assert chat.seen() == [PUSH_WAIT, "echo: deep research"]
     assert calls_for(emu, "deep research") == 1
+
+
+def test_after_a_failed_push_the_next_reply_says_how_to_get_the_answer(
+    emulator_factory: EmulatorFactory,
+    default_settings: dict[str, Any],
+    wechat_api: FakeWeChatAPI,
+    time_scale: float,
+) -> None:
+    settings = settings_for(default_settings, wechat_api, "push")
+    app = ScriptedApp.echo(latency=16 * time_scale)
+    emu = emulator_factory(app=app, settings=settings)
+    wechat_api.fail(45015, times=1, path="/cgi-bin/message/custom/send")
+    chat = Chat(emu, settings, wechat_api, "oUnread", time_scale)
+    assert chat.say("lost push").user_saw == [PUSH_WAIT]
+    assert emu.wait_idle(timeout=30)
+    assert chat.pushed() == []
+    app.latency = 0
+    told = chat.say("next")
+    assert told.user_saw == ["echo: next" + UNREAD]
+    assert chat.say("again").user_saw == ["echo: again"]  # told once
+    assert chat.say("1").user_saw == ["echo: lost push"]
+    assert calls_for(emu, "lost push") == 1
+    finish(emu)
