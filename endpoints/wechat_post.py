@@ -6,9 +6,8 @@ from typing import Any
 from dify_plugin import Endpoint
 from werkzeug import Request, Response
 
-from endpoints.wechat.dify_app import session_app_caller
-from endpoints.wechat.http_adapter import to_http_request, to_response
-from endpoints.wechat.intake import HttpReply, Runtime, handle_post, log_internal_error
+from endpoints.wechat.http_adapter import session_runtime, to_http_request, to_response
+from endpoints.wechat.intake import HttpReply, handle_post, log_internal_error
 from endpoints.wechat.settings import load_settings
 
 
@@ -17,11 +16,7 @@ class WeChatPostEndpoint(Endpoint):
         self, r: Request, values: Mapping[str, Any], settings: Mapping[str, Any]
     ) -> Response:
         try:
-            runtime = Runtime(
-                storage=self.session.storage,
-                endpoint_id=self.session.endpoint_id or r.headers.get("Dify-Hook-Id", ""),
-                app_caller=session_app_caller(self.session),
-            )
+            runtime = session_runtime(self.session, r)
             reply = handle_post(to_http_request(r), load_settings(settings), runtime)
         except Exception:  # a user never sees a stack trace; WeChat gets a plain failure
             log_internal_error("POST")

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from typing import Any
 
 from werkzeug import Request, Response
 
-from .intake import HttpReply, HttpRequest
+from .dify_app import session_app_caller
+from .intake import HttpReply, HttpRequest, Runtime
 from .parsers import MAX_BODY_BYTES
 
 
@@ -19,6 +21,15 @@ def to_http_request(request: Request) -> HttpRequest:
         query={key: request.args.get(key, "") for key in request.args},
         body=body,
         headers={key: value for key, value in request.headers.items()},
+    )
+
+
+def session_runtime(session: Any, request: Request) -> Runtime:
+    """What the pipeline needs from this request's Dify session."""
+    return Runtime(
+        storage=session.storage,
+        endpoint_id=session.endpoint_id or request.headers.get("Dify-Hook-Id", ""),
+        app_caller=session_app_caller(session),
     )
 
 
