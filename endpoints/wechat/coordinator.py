@@ -19,6 +19,7 @@ from typing import Protocol
 
 from . import log_messages as msgs
 from . import timing
+from .concurrency import run_side_by_side, start_background
 from .delivery import Router
 from .dify_app import AppAnswer, AppCancelled, AppError, DifyApp
 from .factory import handler_for
@@ -99,34 +100,6 @@ class WorkerStarter(Protocol):
     def reached(self) -> None: ...
 
     def failed(self, reason: str) -> None: ...
-
-
-def start_background(target: Callable[[], None]) -> None:
-    # A greenlet once the SDK has monkey-patched threading; it only lives as long as the
-    # request that started it may use the Dify session (see STORE_GUARD).
-    threading.Thread(target=target, daemon=True).start()
-
-
-def run_side_by_side(tasks: list[Callable[[], None]]) -> None:
-    """Run independent storage writes concurrently and wait for all of them."""
-    if len(tasks) == 1:
-        tasks[0]()
-        return
-    errors: list[BaseException] = []
-
-    def guarded(task: Callable[[], None]) -> None:
-        try:
-            task()
-        except Exception as exc:
-            errors.append(exc)
-
-    threads = [threading.Thread(target=guarded, args=(task,), daemon=True) for task in tasks]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    if errors:
-        raise errors[0]
 
 
 class Coordinator:
@@ -214,6 +187,8 @@ class Coordinator:
         try:
             call = self._worker.start(ticket)
             call.wait(min(timing.WORKER_START_TIMEOUT, deadline - self._clock()))
+            if call.conflict:  # another claim's worker owns the message: follow it
+                return self._follow(job, message, arrived_at)
             if call.failure is not None and not call.started:
                 worker, reason = self._worker, call.failure
                 self._bookkeep(lambda: worker.failed(reason))
@@ -286,23 +261,42 @@ class Coordinator:
     def _follow(
         self, job: Job, message: InboundMessage, arrived_at: float, runs_here: bool = False
     ) -> Decision:
-        settled = self._wait(job, arrived_at + timing.DELIVERY_DEADLINE, runs_here)
+        deadline = arrived_at + timing.DELIVERY_DEADLINE
+        if job.worker and self._is_last(job, arrived_at):
+            deadline -= timing.HANDOFF_RESERVE  # the hand-off writes before it replies
+        settled = self._wait(job, deadline, runs_here)
         if settled.is_settled():
+            if settled.worker and self._is_last(settled, arrived_at):
+                handed = self._outbox.get(settled.key, strict=True)
+                if handed is not None and handed.sent == 0:
+                    # An earlier delivery handed off: the answer goes that way, only once.
+                    return Decision(Action.REPLY, self._waiting_text(handed.route))
             return self._reply_from(settled, message)
         if settled.is_lost(self._clock()):
             # The work that owned this message ended without an answer; it will not come.
             logger.warning(msgs.ANSWER_LOST, _short(message))
             return Decision(Action.REPLY, self._settings.timeout_message)
-        if settled.worker and arrived_at - settled.created_at >= timing.LAST_DELIVERY_AFTER:
+        if settled.worker and self._is_last(settled, arrived_at):
             return self._hand_off(settled, message)
         return RETRY
+
+    @staticmethod
+    def _is_last(job: Job, arrived_at: float) -> bool:
+        """Whether this delivery is WeChat's last for the message ``job`` answers."""
+        return arrived_at - job.created_at >= timing.LAST_DELIVERY_AFTER
 
     def _hand_off(self, job: Job, message: InboundMessage) -> Decision:
         """The last delivery and no answer yet: say it is coming, and how. From the moment
         the delivery record exists the worker owns the answer's delivery, so this reply
         never carries the answer, even if it was stored a moment ago."""
         route = self._route()
-        delivery = self._outbox.open(message.from_user, job.key, route, sent=0)
+        try:
+            delivery = self._outbox.open(message.from_user, job.key, route, sent=0)
+        except Exception:
+            # Whether the record made it or not, the user is told to wait; the log says why
+            # the answer may not follow.
+            logger.warning(msgs.BOOKKEEPING_FAILED, exc_info=True)
+            return Decision(Action.REPLY, self._waiting_text(route))
         logger.info(msgs.HANDED_OFF, _short(message), delivery.route.value)
         return Decision(Action.REPLY, self._waiting_text(delivery.route))
 
@@ -345,7 +339,9 @@ class Coordinator:
             return text
         try:
             for delivery in unread:
-                self._outbox.save(replace(delivery, unannounced=False))
+                fresh = self._outbox.get(delivery.job, strict=True)  # the keyword may have
+                if fresh is not None:  # moved it on meanwhile
+                    self._outbox.save(replace(fresh, unannounced=False))
         except Exception:
             logger.warning(msgs.BOOKKEEPING_FAILED, exc_info=True)
             return text
@@ -385,11 +381,11 @@ class Coordinator:
             self._outbox.close(head)
             return reply(ANSWER_EXPIRED)
         if not target.is_settled():
-            if arrived_at - first_arrival >= timing.LAST_DELIVERY_AFTER:
+            if arrived_at - first_arrival >= timing.LAST_DELIVERY_AFTER:  # the last one
                 return reply(self._waiting_text(Route.FETCH))
             if marker is None:
                 until = arrived_at + timing.WINDOW_CLOSED_AFTER
-                self._tracker.mark_waiting(key, user, head.job, until)
+                self._tracker.mark_waiting(key, user, head.job, arrived_at, until)
                 self._bookkeep(lambda: self._outbox.track_job(key))
             return RETRY
         if head.sent >= len(target.parts):

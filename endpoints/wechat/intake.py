@@ -14,8 +14,9 @@ from dataclasses import dataclass, field
 
 from . import log_messages as msgs
 from . import timing
+from .concurrency import start_background
 from .conversations import ConversationStore
-from .coordinator import Action, Coordinator, Decision, start_background
+from .coordinator import Action, Coordinator, Decision
 from .crypto import CryptoError, MessageCrypto, signature_matches, timestamp_is_fresh
 from .delivery import Router, TextSender
 from .dify_app import AppCaller, DifyApp

@@ -27,8 +27,10 @@ import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, replace
 from enum import StrEnum
+from functools import partial
 from typing import Any
 
+from .concurrency import run_side_by_side
 from .retry_tracker import RetryTracker
 from .storage import EndpointStore, hashed
 
@@ -125,7 +127,12 @@ class Outbox:
         self._track("j", job_key, self._clock() + self._job_retention)
 
     def _track(self, kind: str, ident: str, expires_at: float) -> None:
+        self._track_all([(kind, ident, expires_at)])
+
+    def _track_all(self, notes: list[tuple[str, str, float]]) -> None:
+        """Note records of one shard (the first id's) with their expiry."""
         now = self._clock()
+        ident = notes[0][1]
         shard = ident[:1] if ident[:1] in "0123456789abcdef" else "x"
         record = self._store.load(_RING_KIND, f"{_RING_IDENT}-{shard}") or {}
         live: list[list[Any]] = []
@@ -137,11 +144,12 @@ class Outbox:
                 expired.append(entry)
             else:
                 live.append(entry)
-        existing = next((e for e in live if e[0] == kind and e[1] == ident), None)
-        if existing is not None:
-            existing[2] = max(float(existing[2]), round(expires_at))
-        else:
-            live.append([kind, ident, round(expires_at)])
+        for kind, noted, expires_at in notes:
+            existing = next((e for e in live if e[0] == kind and e[1] == noted), None)
+            if existing is not None:
+                existing[2] = max(float(existing[2]), round(expires_at))
+            else:
+                live.append([kind, noted, round(expires_at)])
         while len(live) > MAX_RING_ENTRIES:
             expired.append(live.pop(0))
         # Save first: a request cut short must not leave entries it already dealt with.
@@ -182,16 +190,26 @@ class Outbox:
         user = hashed(openid)
         delivery = Delivery(job_key, user, route, sent, self._clock())
         self.save(delivery)
-        self._add_to_index(user, job_key)
         expires = delivery.opened_at + self._retention
+        # The job record holds the parts: it must live as long as the delivery. Job and
+        # delivery share a ring shard (same id), so one update notes both.
+        notes = [("j", job_key, expires), ("d", job_key, expires), ("u", user, expires)]
+        shards: dict[str, list[tuple[str, str, float]]] = {}
+        for note in notes:  # one update per ring shard, so they cannot overwrite each other
+            shards.setdefault(note[1][:1], []).append(note)
+        # A hand-off replies right after this: the index (needed for the fetch keyword)
+        # and the sweep notes are written side by side.
+        tasks: list[Callable[[], None]] = [partial(self._add_to_index, user, job_key)]
+        tasks += [partial(self._quietly, partial(self._track_all, g)) for g in shards.values()]
+        run_side_by_side(tasks)
+        return delivery
+
+    @staticmethod
+    def _quietly(task: Callable[[], None]) -> None:
         try:
-            # The job record holds the parts: it must live as long as the delivery.
-            self._track("j", job_key, expires)
-            self._track("d", job_key, expires)
-            self._track("u", user, expires)
+            task()
         except Exception:
             logger.warning("Noting a delivery for the sweep failed", exc_info=True)
-        return delivery
 
     def advance(self, delivery: Delivery, sent: int, total: int) -> Delivery:
         """Record that the user has had ``sent`` of ``total`` parts."""

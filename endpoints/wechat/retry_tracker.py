@@ -228,15 +228,16 @@ class RetryTracker:
         self._store.save(_KIND, key, job.to_record())
         return job
 
-    def mark_waiting(self, key: str, user: str, awaits: str, until: float) -> Job:
+    def mark_waiting(
+        self, key: str, user: str, awaits: str, first_arrival: float, until: float
+    ) -> Job:
         """A fetch message whose answer is another job's, not ready yet: its later
         deliveries find this record and keep waiting (see Coordinator)."""
-        now = self._clock()
         job = Job(
             key=key,
             state=JobState.RUNNING,
             owner="await",
-            created_at=now,
+            created_at=first_arrival,
             lease_until=until,
             user=user,
             awaits=awaits,

@@ -45,6 +45,9 @@ RETRY_GAP = 5.0 * TIME_SCALE
 #: at ~10 s). Read "重试三次" as four deliveries and the answer is merely handed off 5 s
 #: earlier: a handed-off reply ends WeChat's retries either way.
 LAST_DELIVERY_AFTER = 1.5 * RETRY_GAP
+#: The last delivery stops waiting this much earlier: its hand-off writes a few records
+#: before it replies, and WeChat's 5 s include the network.
+HANDOFF_RESERVE = 0.3 * TIME_SCALE
 #: After this long from the first delivery no delivery can still reply with the answer:
 #: the last one (≈2 gaps in) has passed its deadline, with a margin for a late arrival.
 WINDOW_CLOSED_AFTER = 2 * RETRY_GAP + DELIVERY_DEADLINE + 2.0 * TIME_SCALE

@@ -27,7 +27,8 @@ from dataclasses import dataclass, replace
 from functools import partial
 
 from . import timing
-from .coordinator import finish_answer, run_side_by_side, start_background
+from .concurrency import run_side_by_side, start_background
+from .coordinator import finish_answer
 from .delivery import Pusher, Router, TextSender, WeChatSender
 from .dify_app import AppAnswer, DifyApp
 from .outbox import Delivery, Outbox, Route

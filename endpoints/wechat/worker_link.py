@@ -242,6 +242,8 @@ class WorkerCall:
         self.settled = threading.Event()  # started or failed
         self.started = False
         self.failure: str | None = None
+        #: The worker refused the ticket as not waiting for it (another claim won).
+        self.conflict = False
 
     def _start(self) -> None:
         self.started = True
@@ -290,6 +292,10 @@ def launch(
                 allow_redirects=False,
                 timeout=(timing.WORKER_START_TIMEOUT * 2, timing.LEASE + 5.0),
             )
+            if response.status_code == 409:
+                call.conflict = True
+                call.settled.set()
+                return
             if response.status_code != 200:
                 call._fail(f"HTTP {response.status_code}")
                 return

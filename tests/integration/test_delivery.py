@@ -498,3 +498,19 @@ def test_after_a_failed_push_the_next_reply_says_how_to_get_the_answer(
     assert chat.say("1").user_saw == ["echo: lost push"]
     assert calls_for(emu, "lost push") == 1
     finish(emu)
+
+
+def test_fetch_before_a_very_slow_answer_is_ready_says_to_try_again(
+    emulator_factory: EmulatorFactory, default_settings: dict[str, Any], time_scale: float
+) -> None:
+    settings = settings_for(default_settings, None, "fetch")
+    emu = emulator_factory(app=ScriptedApp.echo(latency=34 * time_scale), settings=settings)
+    chat = Chat(emu, settings, None, "oPatient", time_scale)
+    assert chat.say("slow").user_saw == [FETCH_WAIT]
+    # Asked at once: the answer is still not ready by this message's last delivery.
+    early = chat.say("1")
+    assert early.user_saw == [FETCH_WAIT]
+    assert emu.wait_idle(timeout=30)
+    assert chat.say("1").user_saw == ["echo: slow"]
+    assert calls_for(emu, "slow") == 1 and calls_for(emu, "1") == 0
+    finish(emu)
