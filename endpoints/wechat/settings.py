@@ -113,6 +113,22 @@ def _text(raw: Mapping[str, Any], name: str, default: str = "") -> str:
     return str(value).strip()
 
 
+def _number(
+    raw: Mapping[str, Any], name: str, default: float, low: float, high: float, whole: bool = False
+) -> float | None:
+    """A numeric setting within [low, high]; ``default`` when empty, None when malformed."""
+    text = _text(raw, name)
+    if not text:
+        return default
+    try:
+        value = float(text)
+        if whole:
+            value = int(value)
+    except (ValueError, OverflowError):
+        return None
+    return value if low <= value <= high else None
+
+
 def normalize_api_base_url(value: str) -> str | None:
     """``api.example.com`` → ``https://api.example.com``; None when unusable."""
     value = value.strip().rstrip("/")
@@ -236,22 +252,18 @@ def load_settings(raw: Mapping[str, Any]) -> Settings:
             )
         )
 
-    tolerance = DEFAULT_TIMESTAMP_TOLERANCE
-    tolerance_text = _text(raw, "timestamp_tolerance")
-    if tolerance_text:
-        try:
-            tolerance = int(float(tolerance_text))
-            if not 10 <= tolerance <= 86400:
-                raise ValueError(tolerance_text)
-        except (ValueError, OverflowError):
-            tolerance = DEFAULT_TIMESTAMP_TOLERANCE
-            problems.append(
-                SettingProblem(
-                    "timestamp_tolerance",
-                    "The timestamp tolerance must be a number of seconds (10-86400); using 300.",
-                    "时间戳容差必须是 10-86400 之间的秒数，已使用 300。",
-                )
+    parsed_tolerance = _number(
+        raw, "timestamp_tolerance", DEFAULT_TIMESTAMP_TOLERANCE, 10, 86400, whole=True
+    )
+    tolerance = int(parsed_tolerance or DEFAULT_TIMESTAMP_TOLERANCE)
+    if parsed_tolerance is None:
+        problems.append(
+            SettingProblem(
+                "timestamp_tolerance",
+                "The timestamp tolerance must be a number of seconds (10-86400); using 300.",
+                "时间戳容差必须是 10-86400 之间的秒数，已使用 300。",
             )
+        )
 
     delivery_text = _text(raw, "delivery_mode", DeliveryMode.AUTO.value)
     try:
@@ -289,22 +301,18 @@ def load_settings(raw: Mapping[str, Any]) -> Settings:
         else:
             worker_base = normalized
 
-    retention = float(DEFAULT_ANSWER_RETENTION_HOURS)
-    retention_text = _text(raw, "answer_retention_hours")
-    if retention_text:
-        try:
-            retention = float(retention_text)
-            if not 0.1 <= retention <= 720:
-                raise ValueError(retention_text)
-        except (ValueError, OverflowError):
-            retention = float(DEFAULT_ANSWER_RETENTION_HOURS)
-            problems.append(
-                SettingProblem(
-                    "answer_retention_hours",
-                    "The answer retention must be a number of hours (0.1-720); using 24.",
-                    "答案保留时长必须是 0.1-720 之间的小时数，已使用 24。",
-                )
+    parsed_retention = _number(
+        raw, "answer_retention_hours", DEFAULT_ANSWER_RETENTION_HOURS, 0.1, 720
+    )
+    retention = float(parsed_retention or DEFAULT_ANSWER_RETENTION_HOURS)
+    if parsed_retention is None:
+        problems.append(
+            SettingProblem(
+                "answer_retention_hours",
+                "The answer retention must be a number of hours (0.1-720); using 24.",
+                "答案保留时长必须是 0.1-720 之间的小时数，已使用 24。",
             )
+        )
 
     mode_text = _text(raw, "click_event_mode", ClickEventMode.QUERY.value)
     try:
