@@ -6,7 +6,7 @@ PY     := $(VENV)/bin/python
 PY312  := $(shell for p in python3.12 $$HOME/.pyenv/versions/3.12*/bin/python3.12 /usr/local/bin/python3.12 /usr/bin/python3.12; do \
             $$p -c 'import sys; sys.exit(sys.version_info[:2] != (3, 12))' >/dev/null 2>&1 && { echo $$p; break; }; done)
 
-.PHONY: run test lint typecheck unit venv clean
+.PHONY: run test lint typecheck unit venv clean probe package bench
 
 $(VENV)/.installed: requirements.txt requirements-dev.txt
 	@test -n "$(PY312)" || { echo "Python 3.12 not found (install it, e.g. 'pyenv install 3.12')"; exit 1; }
@@ -34,6 +34,27 @@ unit: venv
 
 ## make test: lint, types and the whole test suite (unit + integration under the daemon emulator).
 test: lint typecheck unit
+
+## make probe URL=https://<dify-host>/e/<hook_id>/wechat TOKEN=… [APP_ID=… AES_KEY=…] [MODE=plain|compatible|safe]
+##   [TIMEOUT=5] [ALLOW_LOCAL=1]: check a deployed endpoint the way WeChat does (tools/probe.py).
+## Values may also come from the environment (TOKEN or PROBE_TOKEN, …); the recipe is not echoed.
+probe: venv
+	@test -n "$(URL)" || { echo "usage: make probe URL=https://<dify-host>/e/<hook_id>/wechat TOKEN=… [APP_ID=… AES_KEY=…] [MODE=…]"; exit 2; }
+	@PROBE_TOKEN="$(or $(TOKEN),$(PROBE_TOKEN))" PROBE_APP_ID="$(or $(APP_ID),$(PROBE_APP_ID))" \
+	  PROBE_AES_KEY="$(or $(AES_KEY),$(PROBE_AES_KEY))" \
+	  $(PY) -m tools.probe "$(URL)" $(if $(MODE),--mode "$(MODE)") \
+	  $(if $(TIMEOUT),--timeout "$(TIMEOUT)") $(if $(ALLOW_LOCAL),--allow-local)
+
+## make package: dist/<name>-<version>.difypkg for Plugins → Install plugin → Local package file
+## (tools/package.py; .difyignore decides what goes in).
+package: venv
+	$(PY) -m tools.package
+
+## make bench: CPU per message against wechatpy (bench/cpu.py), then 200 users at once with
+## real WeChat timing under the daemon emulator (bench/load.py; about a minute).
+bench: venv
+	$(PY) -m bench.cpu
+	$(PY) -m bench.load
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache dist

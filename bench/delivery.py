@@ -41,6 +41,7 @@ from typing import Any
 from tests.emulator import (
     WECHAT_FAILURE_TEXT,
     AppPlan,
+    AppReply,
     AppRequest,
     DaemonEmulator,
     Delivery,
@@ -109,7 +110,7 @@ class TimedEchoApp(ScriptedApp):
         super().__init__("chat", lambda req: f"echo: {req.query}", app_id=APP_ID)
         self.latencies: dict[str, float] = {}
 
-    def _build_plan(self, req: AppRequest, answer: str | BaseException) -> AppPlan:
+    def _build_plan(self, req: AppRequest, answer: str | AppReply | BaseException) -> AppPlan:
         timed = ScriptedApp("chat", latency=self.latencies.get(req.query or "", 0.0), app_id=APP_ID)
         return timed._build_plan(req, answer)
 

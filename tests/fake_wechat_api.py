@@ -22,9 +22,15 @@ What it emulates (``/work/shared/reference/wechat-protocol.md`` §7-§9):
   (openid, msgtype, command, text size, known media_id) and recorded per OpenID in arrival
   order: :meth:`timeline`, :meth:`texts`, :meth:`outbox`. An optional per-user ``quota`` models
   the 48-hour window (45015 before :meth:`user_interacted`, 45047 once used up).
-- ``/cgi-bin/media/upload`` (multipart field ``media``) and ``/cgi-bin/media/get`` (bytes with
-  Content-Type and Content-disposition; a video as ``{"video_url"}``; an unknown media_id as a
-  JSON error with HTTP 200 and ``text/plain``, as users report WeChat does).
+- ``/cgi-bin/media/upload`` (multipart field ``media``; §9 limits: image ≤2 MB
+  PNG/JPEG/JPG/GIF, voice ≤2 MB AMR/MP3, video ≤10 MB MP4, thumb ≤64 KB JPG — a wrong file
+  type is 40005 "invalid file type", an oversized file the global code of its kind, see
+  :data:`MEDIA_SIZE_ERRCODES`; an unknown ``type`` 40004, no data 41005) and
+  ``/cgi-bin/media/get`` (bytes with Content-Type and Content-disposition; a video as
+  ``{"video_url": …}``, by default a URL on this fake that serves the bytes without a token;
+  an unknown media_id as a JSON error with HTTP 200 and ``text/plain``, as users report WeChat
+  does). Custom-service ``image``/``voice``/``video`` messages need a media_id of that kind
+  the fake knows (else 40007); :meth:`received_media` gives what the user got as bytes.
 
 Scripting: :meth:`expire_token` (next call with it → 42001), :meth:`revoke_token` (→ 40001),
 :meth:`fail` (an errcode for the next N calls), :meth:`respond_raw` (a non-JSON or HTTP-error
@@ -61,16 +67,43 @@ TOKEN_PATHS = (STABLE_TOKEN, TOKEN)
 
 JSON_TYPE = "application/json; encoding=utf-8"  # what WeChat sends
 RENEW_AHEAD = 300  # stable_token renews a token this many seconds before it expires
+VIDEO_FILES = "/fake-media/"  # where a video's ``video_url`` points (no token needed)
 MEDIA_LIMITS = {"image": 2 * 1024 * 1024, "voice": 2 * 1024 * 1024, "video": 10 * 1024 * 1024}
 MEDIA_LIMITS["thumb"] = 64 * 1024
+MEDIA_EXTENSIONS: dict[str, frozenset[str]] = {
+    "image": frozenset({"png", "jpeg", "jpg", "gif"}),
+    "voice": frozenset({"amr", "mp3"}),
+    "video": frozenset({"mp4"}),
+    "thumb": frozenset({"jpg", "jpeg"}),
+}
+"""§9 formats per upload ``type`` (judged by the file name's extension, else its MIME type)."""
+MEDIA_SIZE_ERRCODES = {"image": 40009, "voice": 40010, "video": 40011, "thumb": 40006}
+"""WeChat's global codes for an oversized upload: 40009 invalid image size, 40010 invalid
+voice size, 40011 invalid video size; a thumb answers the generic 40006 invalid media size
+(the global table also lists 40012 for thumbs; change this mapping to test that)."""
+_MIME_EXTENSIONS = {
+    "image/jpeg": "jpg",
+    "image/jpg": "jpg",
+    "image/png": "png",
+    "image/gif": "gif",
+    "audio/amr": "amr",
+    "audio/mpeg": "mp3",
+    "audio/mp3": "mp3",
+    "video/mp4": "mp4",
+}
 
 ERRMSGS = {
     -1: "system error",
     40001: "invalid credential, access_token is invalid or not latest",
     40003: "invalid openid",
     40004: "invalid media type",
+    40005: "invalid file type",
     40006: "invalid meida size",
     40007: "invalid media_id",
+    40009: "invalid image size",
+    40010: "invalid voice size",
+    40011: "invalid video size",
+    40012: "invalid thumb size",
     40013: "invalid appid",
     40014: "invalid access_token",
     40125: "invalid appsecret",
@@ -112,6 +145,7 @@ class StoredMedia:
     filename: str
     kind: str = "image"
     video_url: str | None = None
+    media_id: str = ""
 
 
 @dataclass
@@ -285,15 +319,30 @@ class FakeWeChatAPI:
         content_type: str = "image/jpeg",
         *,
         filename: str | None = None,
-        kind: str = "image",
+        kind: str | None = None,
         video_url: str | None = None,
+        media_id: str | None = None,
     ) -> str:
-        """Make media downloadable (as if a user had sent it); returns its media_id."""
-        media_id = secrets.token_urlsafe(24)
-        ext = content_type.rpartition("/")[2] or "bin"
+        """Make media downloadable (as if a user had sent it); returns its media_id.
+
+        ``kind`` defaults from ``content_type`` (``audio/*`` voice, ``video/*`` video, else
+        image); voice is ``audio/amr`` as WeChat delivers it. A video's download answers
+        ``{"video_url": …}`` — ``video_url`` if given, else a URL on this fake serving
+        ``content``. ``media_id`` picks the id (e.g. the one a simulated push carries).
+        """
+        media_id = media_id or secrets.token_urlsafe(24)
+        if kind is None:
+            major = content_type.partition("/")[0]
+            kind = {"audio": "voice", "video": "video"}.get(major, "image")
+        ext = _MIME_EXTENSIONS.get(content_type) or content_type.rpartition("/")[2] or "bin"
         with self._lock:
             self._media[media_id] = StoredMedia(
-                content, content_type, filename or f"{media_id}.{ext}", kind, video_url
+                content,
+                content_type,
+                filename or f"{media_id}.{ext}",
+                kind,
+                video_url,
+                media_id,
             )
         return media_id
 
@@ -328,16 +377,17 @@ class FakeWeChatAPI:
             return list(self._outbox.get(openid, []))
 
     def timeline(self, openid: str) -> list[tuple[str, str]]:
-        """What the user saw: ``("text", content)``, ``("image", media_id)``, ``("typing",
-        "Typing"|"CancelTyping")``, ``(msgtype, json)`` for other messages."""
+        """What the user saw: ``("text", content)``, ``("image"|"voice"|"video", media_id)``,
+        ``("typing", "Typing"|"CancelTyping")``, ``(msgtype, json)`` for other messages."""
         seen: list[tuple[str, str]] = []
         for body in self.outbox(openid):
+            msgtype = body.get("msgtype")
             if "command" in body:
                 seen.append(("typing", body["command"]))
-            elif body.get("msgtype") == "text":
+            elif msgtype == "text":
                 seen.append(("text", body["text"]["content"]))
-            elif body.get("msgtype") == "image":
-                seen.append(("image", body["image"]["media_id"]))
+            elif msgtype in ("image", "voice", "video"):
+                seen.append((msgtype, body[msgtype]["media_id"]))
             else:
                 seen.append((str(body.get("msgtype")), json.dumps(body, ensure_ascii=False)))
         return seen
@@ -353,6 +403,16 @@ class FakeWeChatAPI:
     def texts(self, openid: str) -> list[str]:
         """The text messages ``openid`` received, in order."""
         return [value for kind, value in self.timeline(openid) if kind == "text"]
+
+    def received_media(self, openid: str) -> list[tuple[str, bytes]]:
+        """``(msgtype, bytes)`` of each image/voice/video message ``openid`` received, in
+        order — the media's content as uploaded (or added)."""
+        got: list[tuple[str, bytes]] = []
+        for kind, media_id in self.timeline(openid):
+            if kind in ("image", "voice", "video"):
+                stored = self.media(media_id)
+                got.append((kind, stored.content if stored is not None else b""))
+        return got
 
     def wait_until(self, predicate: Callable[[FakeWeChatAPI], bool], timeout: float) -> bool:
         """Poll ``predicate`` after every request until true or ``timeout`` s passed."""
@@ -376,6 +436,11 @@ class FakeWeChatAPI:
         path = parts.path
         query = {k: v[-1] for k, v in parse_qs(parts.query, keep_blank_values=True).items()}
         token = query.pop("access_token", None)
+        if path.startswith(VIDEO_FILES) and method == "GET":
+            with self._changed:
+                self._calls.append(Call(method, path, query, token, body, None))
+                self._changed.notify_all()
+                return self._video_file(path[len(VIDEO_FILES) :])
         parsed: Any = None
         if body and "json" in (headers.get("Content-Type") or ""):
             try:
@@ -523,8 +588,10 @@ class FakeWeChatAPI:
                 return _error(44004)
             if self.max_text_bytes and len(content.encode("utf-8")) > self.max_text_bytes:
                 return _error(45002)
-        if msgtype in ("image", "voice", "video") and payload.get("media_id") not in self._media:
-            return _error(40007)
+        if msgtype in ("image", "voice", "video"):
+            stored = self._media.get(str(payload.get("media_id") or ""))
+            if stored is None or stored.kind != msgtype:  # a media_id of another kind: 40007
+                return _error(40007)
         if self.quota is not None:
             left = self._quota_left.get(openid)
             if left is None:
@@ -556,10 +623,14 @@ class FakeWeChatAPI:
         if field_ is None or not field_[2]:
             return _error(41005)
         filename, content_type, content = field_
+        ext = filename.rpartition(".")[2].lower() if "." in filename else ""
+        ext = ext or _MIME_EXTENSIONS.get(content_type.lower(), "")
+        if ext not in MEDIA_EXTENSIONS[kind]:
+            return _error(40005)
         if len(content) > MEDIA_LIMITS[kind]:
-            return _error(40006)
+            return _error(MEDIA_SIZE_ERRCODES[kind])
         media_id = secrets.token_urlsafe(24)
-        stored = StoredMedia(content, content_type, filename, kind)
+        stored = StoredMedia(content, content_type, filename, kind, media_id=media_id)
         self._media[media_id] = stored
         self.uploads.append(stored)
         id_field = "thumb_media_id" if kind == "thumb" else "media_id"
@@ -571,13 +642,20 @@ class FakeWeChatAPI:
             answer = _error(40007)
             answer.content_type = "text/plain"  # reportedly what WeChat sends, with HTTP 200
             return answer
-        if stored.video_url is not None:
-            return _json_answer({"video_url": stored.video_url})
+        if stored.video_url is not None or stored.kind == "video":
+            url = stored.video_url or f"{self.base_url}{VIDEO_FILES}{stored.media_id}"
+            return _json_answer({"video_url": url})
         return _Answer(
             content_type=stored.content_type,
             body=stored.content,
             headers={"Content-disposition": f'attachment; filename="{stored.filename}"'},
         )
+
+    def _video_file(self, media_id: str) -> _Answer:
+        stored = self._media.get(media_id)
+        if stored is None or stored.kind != "video":
+            return _Answer(status=404, content_type="text/plain", body=b"not found")
+        return _Answer(content_type=stored.content_type, body=stored.content)
 
 
 def _multipart_field(content_type: str, body: bytes, name: str) -> tuple[str, str, bytes] | None:

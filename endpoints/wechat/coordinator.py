@@ -19,18 +19,20 @@ from typing import Protocol
 
 from . import log_messages as msgs
 from . import timing
+from .answering import AnswerKit, Question, finish_answer, paginate
 from .concurrency import run_side_by_side, start_background
 from .delivery import Router
-from .dify_app import AppAnswer, AppCancelled, AppError, DifyApp
+from .dify_app import AppCancelled, DifyApp
 from .factory import handler_for
-from .formatters import TEXT_BUDGET_BYTES, markdown_to_wechat_text, split_text, utf8_len
+from .formatters import TEXT_BUDGET_BYTES, utf8_len
 from .handlers.base import AskApp, FetchNext, HandlerContext, Reply
 from .models import InboundMessage
 from .outbox import Outbox, Route
-from .retry_tracker import Job, JobState, RetryTracker
+from .parts import Part, read_part
+from .retry_tracker import Job, RetryTracker
 from .settings import Settings
 from .storage import hashed
-from .texts import ANSWER_EXPIRED, EMPTY_ANSWER, MORE_HINT, PUSH_MORE_HINT, UNREAD_HINT
+from .texts import ANSWER_EXPIRED, MORE_HINT, PUSH_MORE_HINT, UNREAD_HINT
 from .worker_link import WorkerCall, WorkTicket
 
 logger = logging.getLogger(__name__)
@@ -46,48 +48,19 @@ class Action(StrEnum):
 class Decision:
     action: Action
     text: str = ""
+    media: Part | None = None  # an image or voice reply instead of text
+
+
+def part_decision(stored: str, suffix: str = "") -> Decision:
+    """The reply for one stored part; ``suffix`` (a hint) only fits after text."""
+    part = read_part(stored)
+    if part.is_text:
+        return Decision(Action.REPLY, part.value + suffix)
+    return Decision(Action.REPLY, media=part)
 
 
 ACK = Decision(Action.ACK)
 RETRY = Decision(Action.RETRY)
-
-
-def paginate(text: str, keyword: str) -> list[str]:
-    """Split a reply into WeChat-sized parts, each leaving room for a "more" hint."""
-    reserve = max(utf8_len(MORE_HINT.format(keyword=keyword)), utf8_len(PUSH_MORE_HINT))
-    return split_text(text, TEXT_BUDGET_BYTES - reserve) or [EMPTY_ANSWER]
-
-
-def finish_answer(
-    job: Job,
-    query: str,
-    openid: str,
-    inputs: dict[str, str],
-    app: DifyApp,
-    settings: Settings,
-    should_stop: Callable[[], bool] = lambda: False,
-    on_started: Callable[[], None] = lambda: None,
-) -> tuple[Job, AppAnswer | None]:
-    """Ask the app and turn its answer (or failure) into the job's settled outcome.
-    Raises AppCancelled when ``should_stop`` said so."""
-    ref = job.key[:12]
-    try:
-        answer = app.ask(query, openid, inputs, should_stop, on_started)
-    except AppCancelled:
-        raise
-    except AppError as exc:
-        logger.warning(msgs.APP_FAILED, ref, "app", exc.reason)
-        return replace(
-            job, state=JobState.FAILED, parts=[settings.error_message], reason=exc.reason
-        ), None
-    except Exception as exc:
-        logger.exception(msgs.HANDLER_FAILED, ref)
-        return replace(
-            job, state=JobState.FAILED, parts=[settings.error_message], reason=type(exc).__name__
-        ), None
-    text = markdown_to_wechat_text(answer.text) if answer.text.strip() else ""
-    parts = paginate(text or EMPTY_ANSWER, settings.fetch_keyword)
-    return replace(job, state=JobState.DONE, parts=parts), answer
 
 
 class WorkerStarter(Protocol):
@@ -112,10 +85,14 @@ class Coordinator:
         spawn: Callable[[Callable[[], None]], None] = start_background,
         worker: WorkerStarter | None = None,
         router: Router | None = None,
+        kit: AnswerKit | None = None,
+        page_base: str = "",
     ) -> None:
         self._ctx = ctx
         self._tracker = tracker
         self._app = app
+        self._kit = kit
+        self._page_base = page_base
         self._clock = clock
         self._spawn = spawn
         self._worker = worker
@@ -152,18 +129,27 @@ class Coordinator:
         if isinstance(outcome, FetchNext):
             return self._fetch(message, arrived_at, None)
         assert isinstance(outcome, AskApp)
+        question = Question(
+            openid=message.from_user,
+            query=outcome.query,
+            metadata={**message.app_inputs(), **outcome.metadata},
+            media=outcome.media,
+            spoken=outcome.spoken,
+            page_base=self._page_base,
+            ref=_short(message),
+        )
         claimed: Job | None = None
         if self._worker is not None and self._worker.available():
-            started = self._ask_in_worker(key, user, message, outcome.query, arrived_at)
+            started = self._ask_in_worker(key, user, message, question, arrived_at)
             if isinstance(started, Decision):
                 return started
             claimed = started
-        return self._ask_inline(key, user, message, outcome.query, arrived_at, claimed)
+        return self._ask_inline(key, user, message, question, arrived_at, claimed)
 
     # --- asking the app ------------------------------------------------------------------
 
     def _ask_in_worker(
-        self, key: str, user: str, message: InboundMessage, query: str, arrived_at: float
+        self, key: str, user: str, message: InboundMessage, question: Question, arrived_at: float
     ) -> Decision | Job:
         """Run the app in a worker request. When the worker cannot be reached, the claimed
         job is returned for the inline fallback."""
@@ -173,15 +159,7 @@ class Coordinator:
         )
         if not mine:
             return self._follow(job, message, arrived_at)
-        ticket = WorkTicket(
-            job=key,
-            owner=job.owner,
-            openid=message.from_user,
-            query=query,
-            inputs=message.app_inputs(),
-            arrived_at=arrived_at,
-            ref=_short(message),
-        )
+        ticket = WorkTicket.for_question(key, job.owner, question, arrived_at)
         deadline = arrived_at + timing.DELIVERY_DEADLINE
         self._tracker.watch(key)  # before the worker starts: its hand-over cannot be missed
         try:
@@ -210,7 +188,7 @@ class Coordinator:
         key: str,
         user: str,
         message: InboundMessage,
-        query: str,
+        question: Question,
         arrived_at: float,
         claimed: Job | None,
     ) -> Decision:
@@ -227,7 +205,9 @@ class Coordinator:
         deadline = arrived_at + timing.DELIVERY_DEADLINE
         self._tracker.watch(key)
         try:
-            self._spawn(lambda: self._run_app(job, message, query, arrived_at, started, finished))
+            self._spawn(
+                lambda: self._run_app(job, message, question, arrived_at, started, finished)
+            )
             started.wait(timeout=max(0.0, deadline - self._clock()))
             self._bookkeep(lambda: self._outbox.track_job(key))
             return self._follow(job, message, arrived_at, runs_here=True)
@@ -236,6 +216,11 @@ class Coordinator:
             # The work may still be writing the outcome and the conversation with this
             # request's session: the request must not end before it has (bounded).
             finished.wait(timeout=max(0.0, arrived_at + timing.STORE_GUARD - self._clock()))
+
+    def _answer_kit(self) -> AnswerKit:
+        if self._kit is None:  # tests without Dify services: text in, text out
+            self._kit = AnswerKit(self._settings, self._outbox.store, "", None, self._clock)
+        return self._kit
 
     @staticmethod
     def _bookkeep(task: Callable[[], object]) -> None:
@@ -312,7 +297,7 @@ class Coordinator:
     def _reply_from(self, job: Job, message: InboundMessage) -> Decision:
         if not job.parts:
             return ACK
-        text = job.parts[0]
+        hint = ""
         if len(job.parts) > 1:
             # Only a worker can push the rest; anything else is fetched.
             route = self._route() if job.worker else Route.FETCH
@@ -321,10 +306,13 @@ class Coordinator:
             except Exception:  # the first part still goes out; the rest cannot follow
                 logger.warning(msgs.BOOKKEEPING_FAILED, exc_info=True)
             else:
-                text += self._more_hint(delivery.route)
-        if job.worker:
-            text = self._announce_unread(text, message, job.key)
-        return Decision(Action.REPLY, text)
+                hint = self._more_hint(delivery.route)
+        decision = part_decision(job.parts[0], hint)
+        if job.worker and decision.media is None:
+            decision = replace(
+                decision, text=self._announce_unread(decision.text, message, job.key)
+            )
+        return decision
 
     def _announce_unread(self, text: str, message: InboundMessage, current: str) -> str:
         """Tell the user about an earlier answer that waits for the keyword because its
@@ -365,7 +353,7 @@ class Coordinator:
             self._tracker.record_instant(key, user, [text], created_at=first_arrival)
             if marker is None:
                 self._bookkeep(lambda: self._outbox.track_job(key))
-            return Decision(Action.REPLY, text)
+            return part_decision(text)
 
         pending = self._outbox.pending(message.from_user)
         fetchable = [d for d in pending if d.route is Route.FETCH]
@@ -393,7 +381,7 @@ class Coordinator:
             return reply(ANSWER_EXPIRED)
         text = target.parts[head.sent]
         moved = self._outbox.advance(head, head.sent + 1, len(target.parts))
-        if not moved.closed or len(fetchable) > 1:
+        if (not moved.closed or len(fetchable) > 1) and read_part(text).is_text:
             text += MORE_HINT.format(keyword=self._settings.fetch_keyword)
         return reply(text)
 
@@ -403,7 +391,7 @@ class Coordinator:
         self,
         job: Job,
         message: InboundMessage,
-        query: str,
+        question: Question,
         arrived_at: float,
         started: threading.Event,
         finished: threading.Event,
@@ -416,14 +404,7 @@ class Coordinator:
         try:
             try:
                 settled, answer = finish_answer(
-                    job,
-                    query,
-                    message.from_user,
-                    message.app_inputs(),
-                    self._app,
-                    self._settings,
-                    too_late,
-                    started.set,
+                    job, question, self._app, self._answer_kit(), too_late, started.set
                 )
             except AppCancelled:
                 logger.info(msgs.APP_TOO_SLOW, _short(message))

@@ -24,6 +24,7 @@ from typing import Protocol
 from . import timing
 from .api import TransportError, Unauthorized, WeChatClient, WeChatError
 from .outbox import Delivery, Outbox, Route
+from .parts import PartKind, read_part
 from .settings import DeliveryMode, Settings
 from .storage import EndpointStore
 from .texts import MORE_HINT
@@ -44,6 +45,8 @@ _CACHE_SECONDS = 30.0
 class TextSender(Protocol):
     def send_text(self, openid: str, content: str) -> None: ...
 
+    def send_media(self, openid: str, kind: PartKind, media_id: str) -> None: ...
+
     def start_typing(self, openid: str) -> None: ...
 
     def close(self) -> None: ...
@@ -59,6 +62,11 @@ class WeChatSender:
 
     def send_text(self, openid: str, content: str) -> None:
         self._client.custom_message.send_text(openid, content, timeout=PUSH_TIMEOUT)
+
+    def send_media(self, openid: str, kind: PartKind, media_id: str) -> None:
+        messages = self._client.custom_message
+        send = messages.send_voice if kind is PartKind.VOICE else messages.send_image
+        send(openid, media_id, timeout=PUSH_TIMEOUT)
 
     def start_typing(self, openid: str) -> None:
         self._client.typing.start(openid, timeout=PUSH_TIMEOUT)
@@ -152,12 +160,15 @@ class Pusher:
         end = min(len(parts), start + PUSH_QUOTA)
         keyword = self._settings.fetch_keyword
         for index in range(start, end):
-            text = parts[index]
+            part = read_part(parts[index])
             last_pushed = index == end - 1
-            if last_pushed and end < len(parts):
-                text += MORE_HINT.format(keyword=keyword)
             try:
-                self._sender.send_text(openid, text)
+                if not part.is_text:
+                    self._sender.send_media(openid, part.kind, part.value)
+                elif last_pushed and end < len(parts):
+                    self._sender.send_text(openid, part.value + MORE_HINT.format(keyword=keyword))
+                else:
+                    self._sender.send_text(openid, part.value)
             except Unauthorized as exc:
                 logger.warning(
                     "WeChat refused customer-service messages (%s): this account may not send "

@@ -20,6 +20,7 @@ logger = logging.getLogger(__name__)
 
 #: Output names tried, in order, when a workflow returns several outputs.
 _PREFERRED_OUTPUTS = ("answer", "text", "result", "output", "content")
+_FILE_MARK = "__dify__file__"
 
 
 class AppCaller(Protocol):
@@ -49,10 +50,21 @@ class AppCancelled(Exception):
 
 
 @dataclass(frozen=True)
+class AnswerFile:
+    """A file the app produced (``message_file`` event or a workflow file output)."""
+
+    url: str
+    kind: str  # Dify's file type: "image", "audio", "video", "document", "custom"
+    mimetype: str = ""
+    name: str = ""
+
+
+@dataclass(frozen=True)
 class AppAnswer:
     text: str
     conversation_id: str | None
     previous_conversation_id: str | None = None
+    files: tuple[AnswerFile, ...] = ()
 
 
 def session_app_caller(session: Any) -> AppCaller:
@@ -89,6 +101,7 @@ class _StreamCollector:
         self.outputs: Mapping[str, Any] | None = None
         self.conversation_id: str | None = None
         self.finished = False
+        self.files: list[AnswerFile] = []
 
     def feed(self, chunk: Any) -> None:
         if not isinstance(chunk, Mapping):
@@ -101,6 +114,9 @@ class _StreamCollector:
         data: Mapping[str, Any] = raw_data if isinstance(raw_data, Mapping) else {}
         if event in ("message", "agent_message"):
             self.chat_answer += str(chunk.get("answer") or "")
+        elif event == "message_file":
+            if chunk.get("belongs_to") in (None, "assistant"):
+                self._add_file(chunk)
         elif event == "message_replace":
             self.chat_answer = str(chunk.get("answer") or "")
         elif event == "text_chunk":
@@ -124,6 +140,26 @@ class _StreamCollector:
             self.chat_answer += str(chunk.get("answer") or "")
             self.finished = True
 
+    def _add_file(self, spec: Mapping[str, Any]) -> None:
+        url = spec.get("url") or spec.get("remote_url")
+        if not isinstance(url, str) or not url or any(f.url == url for f in self.files):
+            return
+        self.files.append(
+            AnswerFile(
+                url=url,
+                kind=str(spec.get("type") or ""),
+                mimetype=str(spec.get("mime_type") or ""),
+                name=str(spec.get("filename") or ""),
+            )
+        )
+
+    def output_files(self) -> None:
+        """Files among a workflow's outputs (Dify serialises them with a marker)."""
+        for value in (self.outputs or {}).values():
+            for item in value if isinstance(value, list) else [value]:
+                if isinstance(item, Mapping) and item.get("dify_model_identity") == _FILE_MARK:
+                    self._add_file(item)
+
     def answer(self) -> str:
         if self.chat_answer.strip():
             return self.chat_answer
@@ -136,12 +172,16 @@ class _StreamCollector:
                     return strings[name]
         if self.workflow_text.strip():
             return self.workflow_text
-        if self.outputs:
-            return "\n".join(
-                f"{k}: {v if isinstance(v, str) else json.dumps(v, ensure_ascii=False)}"
-                for k, v in self.outputs.items()
-            )
-        return ""
+        shown = {k: v for k, v in (self.outputs or {}).items() if not _is_file_output(v)}
+        return "\n".join(
+            f"{k}: {v if isinstance(v, str) else json.dumps(v, ensure_ascii=False)}"
+            for k, v in shown.items()
+        )
+
+
+def _is_file_output(value: Any) -> bool:
+    items = value if isinstance(value, list) and value else [value]
+    return all(isinstance(i, Mapping) and i.get("dify_model_identity") == _FILE_MARK for i in items)
 
 
 def _consume(stream: Iterable[Any], should_stop: Callable[[], bool]) -> _StreamCollector:
@@ -181,10 +221,14 @@ class DifyApp:
     def conversations(self) -> ConversationStore:
         return self._conversations
 
-    def build_inputs(self, query: str, metadata: Mapping[str, str]) -> dict[str, Any]:
-        # Message metadata first; what the admin configured in the app selector wins.
+    def build_inputs(
+        self, query: str, metadata: Mapping[str, str], files: Mapping[str, Any] | None = None
+    ) -> dict[str, Any]:
+        # Message metadata first; what the admin configured in the app selector wins, except
+        # over the files this message brought (nobody can configure those).
         inputs: dict[str, Any] = {"query": query, **metadata}
         inputs.update({k: v for k, v in self._configured_inputs.items() if v is not None})
+        inputs.update(files or {})
         return inputs
 
     def ask(
@@ -194,11 +238,13 @@ class DifyApp:
         metadata: Mapping[str, str],
         should_stop: Callable[[], bool] = lambda: False,
         on_started: Callable[[], None] = lambda: None,
+        files: Mapping[str, Any] | None = None,
     ) -> AppAnswer:
-        """Ask the app; ``on_started`` is called once the app call is about to go out."""
+        """Ask the app; ``on_started`` is called once the app call is about to go out.
+        ``files`` are file-type inputs (Dify file parameters) by variable name."""
         if not self._app_id:
             raise AppError("no Dify app is selected in the endpoint settings")
-        inputs = self.build_inputs(query, metadata)
+        inputs = self.build_inputs(query, metadata, files)
         conversation_id = self._conversations.get(openid)
         on_started()
         try:
@@ -213,10 +259,12 @@ class DifyApp:
             collector = self._run(query, inputs, None, openid, should_stop)
         if should_stop():
             raise AppCancelled
+        collector.output_files()
         return AppAnswer(
             text=collector.answer(),
             conversation_id=collector.conversation_id,
             previous_conversation_id=conversation_id,
+            files=tuple(collector.files),
         )
 
     def remember(self, openid: str, answer: AppAnswer) -> None:

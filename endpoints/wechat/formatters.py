@@ -170,7 +170,8 @@ def markdown_to_wechat_text(markdown: str) -> str:
     Headings become ``【Title】`` (levels 1-2) or plain lines, lists get ``•``/``◦``/``▪`` or
     their numbers, tables become ``Header：value`` blocks per row, links ``text (url)``,
     images ``[图片] alt (url)``; emphasis markers, code fences and HTML tags disappear while
-    their text stays.  Blocks are separated by one blank line.
+    their text stays, code blocks are indented by two spaces.  Blocks are separated by one
+    blank line.
     """
     markdown = strip_leading_reasoning(markdown)
     if not markdown or markdown.isspace():
@@ -283,7 +284,9 @@ def _render_block(node: _Block, list_depth: int) -> str:
             return f"{_HEADING_OPEN}{title}{_HEADING_CLOSE}"
         return title
     if kind in ("fence", "code_block"):
-        return node.token.content.rstrip("\n")
+        # Indented, so that a reader -- and split_text -- can tell where the code ends.
+        lines = node.token.content.rstrip("\n").split("\n")
+        return "\n".join(f"{_INDENT}{line}" if line.strip() else "" for line in lines)
     if kind in ("bullet_list", "ordered_list"):
         return _render_list(node, list_depth)
     if kind == "blockquote":
@@ -579,11 +582,35 @@ def utf8_len(text: str) -> int:
     return len(text.encode("utf-8", "surrogatepass"))
 
 
-# Boundary ranks, best first.  Line-based boundaries always beat in-line ones.
-_RANK_PARAGRAPH = 6  # at a blank line
-_RANK_STRUCTURE = 5  # right before a list item, heading, quote or code fence
-_RANK_LINE = 4  # any other line break outside a fenced code block
-_RANK_IN_CODE = 3  # a line break inside a fenced code block
+# Boundary ranks of line breaks, best first (see _choose_cut).  "Top-level" means outside
+# any list item; a code block or table row "fits" if it is no bigger than the budget.
+# Tier A: cuts between blocks, then inside list items, then inside blocks that cannot fit.
+_RANK_SECTION = 110  # right before a heading
+_RANK_PARAGRAPH = 100  # at a blank line between top-level blocks
+_RANK_STRUCTURE = 90  # right before a top-level list item, quote, rule or code block
+_RANK_LINE = 80  # any other line break between top-level lines
+_RANK_LEAD_IN = 70  # right after a top-level line ending with a colon ("步骤：")
+_RANK_IN_ITEM = 60  # inside a list item: before a sub-item or at a blank line
+_RANK_ITEM_LEVEL = 3  # ... less this per level deeper; other line breaks in items rank 1 less
+_MAX_ITEM_LEVELS = 6
+_RANK_IN_BLOCK = 30  # inside a table row or item paragraph (see below) that does not fit
+_RANK_IN_CODE_GAP = 25  # at a blank line inside a code block that does not fit
+_RANK_IN_CODE = 20  # inside a code block and its blank-line-delimited chunk; neither fits
+_TIER_A = 10
+# Tier B: inside a block that fits, used only when tier A has nothing.  Blocks: a code
+# block, a table row, a paragraph of several lines after a blank line in a list item
+# (often code written unindented between list items, so rendered at the item's indent),
+# and a blank-line-delimited chunk of a code block that does not fit as a whole.
+_RANK_HEADING_KEEP = 9  # after a heading followed by a block that fits, but not with it
+_RANK_KEPT_BLOCK = 8
+_RANK_KEPT_CODE_GAP = 7
+_RANK_KEPT_CODE = 6
+_TIER_B = 5
+# After a heading otherwise: only once even sentence ends and spaces are exhausted.
+_RANK_AFTER_HEADING = 1
+
+# Line kinds seen by _line_boundaries.
+_BLANK, _PLAIN, _ITEM, _HEADING, _OTHER, _CODE = range(6)
 
 _SENTENCE_ENDS = "。！？!?.；;"
 _ASCII_SENTENCE_ENDS = frozenset("!?.;")
@@ -591,6 +618,8 @@ _CLOSERS = frozenset("\"')]}”’）】」』》〉〕］｝")
 _SPACES = " \t\u3000"
 _COMMAS = "，,、"
 _LIST_MARKS = ("• ", "◦ ", "▪ ", "- ", "* ", "+ ", "> ", "#", "【", _HR_LINE)
+_ITEM_MARKS = ("• ", "◦ ", "▪ ", "- ", "* ", "+ ")
+_LEAD_IN_ENDS = ("：", ":")
 _ZWJ = "\u200d"
 _FILL_DIVISOR = 3  # a natural boundary counts once the part holds >= 1/3 of the budget
 _GRAPHEME_BACKOFF = 32
@@ -600,11 +629,18 @@ def split_text(text: str, budget_bytes: int = TEXT_BUDGET_BYTES) -> list[str]:
     """Split *text* into parts of at most *budget_bytes* UTF-8 bytes each.
 
     Cuts go to the most natural boundary that leaves the part at least a third full,
-    preferring a blank line, then a line break (before a list item/heading/code fence
-    first; breaks inside fenced code last), a sentence end, a space or comma, and only then
-    a hard cut between grapheme clusters.  Whitespace at the cut points is dropped,
-    leading/trailing blank lines of every part are stripped and no part is empty; apart
-    from that the parts reproduce *text* in order.  Runs in linear time.
+    preferring a line break -- before a heading, at a blank line, before a list item -- over
+    a sentence end, a space or comma, and only then a hard cut between grapheme clusters.
+    The text is read as :func:`markdown_to_wechat_text` renders it (list items continue on
+    indented lines, code blocks are indented, table rows are ``Header：value`` lines): a
+    part ends inside a list item only if no boundary between blocks is in reach, never
+    inside a code block or table row that fits in a part unless nothing else is, and not
+    right after a heading.  A code block bigger than a part is cut at its line breaks
+    (blank lines first).  Fenced code in raw markdown is recognised too.
+
+    Whitespace at the cut points is dropped, leading/trailing blank lines of every part
+    are stripped and no part is empty; apart from that the parts reproduce *text* in order.
+    Runs in linear time.
     """
     if budget_bytes < 4:
         raise ValueError("budget_bytes must be at least 4 (one UTF-8 code point)")
@@ -620,7 +656,7 @@ def split_text(text: str, budget_bytes: int = TEXT_BUDGET_BYTES) -> list[str]:
         cum = list(range(n + 1))
     else:
         cum = list(accumulate(map(_code_point_bytes, text), initial=0))
-    newlines, ranks = _line_boundaries(text)
+    newlines, ranks, section_starts = _line_boundaries(text, cum, budget_bytes)
 
     parts: list[str] = []
     pos, first = _skip_whitespace(text, 0, budget_bytes)
@@ -633,7 +669,7 @@ def split_text(text: str, budget_bytes: int = TEXT_BUDGET_BYTES) -> list[str]:
             break
         lim = bisect_right(cum, limit, pos) - 1  # text[pos:lim] is the largest fitting slice
         fill = bisect_left(cum, cum[pos] + budget_bytes // _FILL_DIVISOR, pos, lim)
-        end, nxt = _choose_cut(text, first, lim, fill, newlines, ranks)
+        end, nxt = _choose_cut(text, first, lim, fill, newlines, ranks, section_starts)
         part = text[pos:end].rstrip()
         if part:
             parts.append(part)
@@ -676,49 +712,178 @@ def _skip_whitespace(text: str, pos: int, budget_bytes: int) -> tuple[int, int]:
     return start, first
 
 
-def _line_boundaries(text: str) -> tuple[list[int], list[int]]:
-    """Positions of all newlines, and a boundary rank for cutting at each of them."""
+def _line_boundaries(
+    text: str, cum: list[int], budget: int
+) -> tuple[list[int], list[int], dict[int, int]]:
+    """Positions of all newlines, the rank of a cut at each of them, and for every heading
+    (by position) where the text after it starts."""
     lines = text.split("\n")
     count = len(lines)
-    blank = [not line.strip() for line in lines]
-    in_code = [False] * count
-    structural = [False] * count
-    fence_char = ""
-    fence_len = 0
+    starts = list(accumulate((len(line) + 1 for line in lines[:-1]), initial=0))
+    kinds = [_BLANK] * count
+    depth = [0] * count  # list items holding the line (an item's first line: itself too)
+    shared = [0] * count  # list items holding both the line and the non-blank one before
+    code = [-1] * count  # index in code_spans of the code block holding the line
+    code_spans: list[list[int]] = []  # first and last line of every code block
+    stack: list[int] = []  # marker indents of the open list items
+    code_indent = -1  # an (indented) code block goes on while lines are indented this much
+    fence_char, fence_len = "", 0  # a fenced code block (raw markdown) goes on to its fence
+    step = len(_INDENT)
     for index, line in enumerate(lines):
         stripped = line.lstrip()
-        if fence_char:
-            in_code[index] = True
-            if stripped.startswith(fence_char * fence_len) and not stripped.rstrip().strip(
-                fence_char
-            ):
+        if not stripped:
+            continue
+        indent = len(line) - len(stripped)
+        if fence_char or 0 <= code_indent <= indent:
+            kinds[index] = _CODE
+            code[index] = len(code_spans) - 1
+            code_spans[-1][1] = index
+            depth[index] = shared[index] = len(stack)
+            if fence_char and _closes_fence(stripped, fence_char, fence_len):
                 fence_char = ""
             continue
-        if stripped.startswith(("```", "~~~")):
-            char = stripped[0]
-            length = len(stripped) - len(stripped.lstrip(char))
-            if not (char == "`" and "`" in stripped[length:]):
-                fence_char, fence_len = char, length
-                structural[index] = True
-                continue
-        structural[index] = _starts_structure(stripped)
-
-    newlines: list[int] = []
-    ranks: list[int] = []
-    pos = -1
-    for index in range(count - 1):
-        pos += len(lines[index]) + 1
-        newlines.append(pos)
-        after = index + 1
-        if in_code[after]:
-            ranks.append(_RANK_IN_CODE)
-        elif blank[index] or blank[after]:
-            ranks.append(_RANK_PARAGRAPH)
-        elif structural[after]:
-            ranks.append(_RANK_STRUCTURE)
+        code_indent = -1
+        while stack and stack[-1] >= indent:
+            stack.pop()
+        shared[index] = len(stack)
+        body_indent = stack[-1] + step if stack else 0
+        fence = _opens_fence(stripped)
+        if indent >= body_indent + step or fence:
+            # Deeper than the text of the enclosing item (or than top-level text): code.
+            if indent >= body_indent + step:
+                code_indent = body_indent + step
+            else:
+                fence_char, fence_len = fence[0], len(fence)
+            kinds[index] = _CODE
+            code[index] = len(code_spans)
+            code_spans.append([index, index])
+        elif _is_item_marker(stripped):
+            stack.append(indent)
+            kinds[index] = _ITEM
+        elif _is_heading(stripped, line):
+            kinds[index] = _HEADING
         else:
-            ranks.append(_RANK_LINE)
-    return newlines, ranks
+            kinds[index] = _OTHER if _starts_structure(stripped) else _PLAIN
+        depth[index] = len(stack)
+
+    def fits(first_line: int, last_line: int) -> bool:
+        end = starts[last_line] + len(lines[last_line])
+        return cum[end] - cum[starts[first_line]] <= budget
+
+    code_fits = [fits(first_line, last_line) for first_line, last_line in code_spans]
+    chunk_fits = [False] * count  # of a code line: its chunk (between blank lines) fits
+    for (first_line, last_line), whole in zip(code_spans, code_fits, strict=True):
+        chunk = first_line
+        for index in range(first_line, last_line + 1):
+            if kinds[index] == _BLANK:
+                chunk = index + 1
+            elif index == last_line or kinds[index + 1] == _BLANK:
+                chunk_fits[chunk : index + 1] = [whole or fits(chunk, index)] * (index + 1 - chunk)
+    # Table rows render as a run of top-level "Header：value" lines: take any run of
+    # top-level lines mostly made of those for one.
+    block = [-1] * count
+    blocks: list[tuple[int, bool]] = []  # first line, fits
+    index = 0
+    while index < count:
+        top = _is_top_plain(kinds, depth, index)
+        in_item = kinds[index] == _PLAIN and depth[index] > 0 and kinds[index - 1] == _BLANK
+        if not (top or in_item):
+            index += 1
+            continue
+        last = index
+        while last + 1 < count and kinds[last + 1] == _PLAIN and depth[last + 1] == depth[index]:
+            last += 1
+        if last > index and (
+            in_item or 2 * sum(_CELL_SEP in lines[i] for i in range(index, last + 1)) > last - index
+        ):
+            block[index : last + 1] = [len(blocks)] * (last + 1 - index)
+            blocks.append((index, fits(index, last)))
+        index = last + 1
+
+    def rank(before: int, after: int, blank: bool) -> int:
+        if code[before] != -1 and code[before] == code[after]:
+            if code_fits[code[before]]:
+                return _RANK_KEPT_CODE_GAP if blank else _RANK_KEPT_CODE
+            if blank:
+                return _RANK_IN_CODE_GAP
+            return _RANK_KEPT_CODE if chunk_fits[before] else _RANK_IN_CODE
+        if block[before] != -1 and block[before] == block[after]:
+            return _RANK_KEPT_BLOCK if blocks[block[before]][1] else _RANK_IN_BLOCK
+        if shared[after]:
+            level = min(shared[after], _MAX_ITEM_LEVELS) - 1
+            item_rank = _RANK_IN_ITEM - _RANK_ITEM_LEVEL * level
+            if blank or kinds[after] in (_ITEM, _CODE) or kinds[before] == _CODE:
+                return item_rank
+            return item_rank - 1
+        if kinds[before] == _HEADING:
+            keep = (code[after] != -1 and code_spans[code[after]][0] == after) and code_fits[
+                code[after]
+            ]
+            keep = keep or (block[after] != -1 and blocks[block[after]] == (after, True))
+            return _RANK_HEADING_KEEP if keep else _RANK_AFTER_HEADING
+        if kinds[after] == _HEADING:
+            return _RANK_SECTION
+        if (
+            kinds[before] == _PLAIN
+            and not depth[before]
+            and block[before] == -1
+            and lines[before].rstrip().endswith(_LEAD_IN_ENDS)
+        ):
+            return _RANK_LEAD_IN
+        if blank:
+            return _RANK_PARAGRAPH
+        if kinds[before] != _PLAIN or kinds[after] != _PLAIN:
+            return _RANK_STRUCTURE
+        return _RANK_LINE
+
+    newlines = [starts[index] + len(lines[index]) for index in range(count - 1)]
+    ranks = [_RANK_PARAGRAPH] * (count - 1)
+    section_starts: dict[int, int] = {}
+    before = -1
+    for index in range(count):
+        if kinds[index] == _BLANK:
+            continue
+        if before != -1:
+            ranks[before:index] = [rank(before, index, index > before + 1)] * (index - before)
+            if kinds[before] == _HEADING:
+                section_starts[starts[before]] = starts[index]
+        before = index
+    return newlines, ranks, section_starts
+
+
+def _is_top_plain(kinds: list[int], depth: list[int], index: int) -> bool:
+    return kinds[index] == _PLAIN and not depth[index]
+
+
+def _opens_fence(stripped: str) -> str:
+    """The opening fence (backticks or tildes) of a fenced code block, or ""."""
+    if not stripped.startswith(("```", "~~~")):
+        return ""
+    char = stripped[0]
+    fence = stripped[: len(stripped) - len(stripped.lstrip(char))]
+    if char == "`" and "`" in stripped[len(fence) :]:
+        return ""  # inline code, not a fence
+    return fence
+
+
+def _closes_fence(stripped: str, char: str, length: int) -> bool:
+    return stripped.startswith(char * length) and not stripped.rstrip().strip(char)
+
+
+def _is_item_marker(stripped: str) -> bool:
+    if stripped.startswith(_ITEM_MARKS) or stripped in _BULLETS:
+        return True
+    digits = 0
+    while digits < len(stripped) and digits < 10 and "0" <= stripped[digits] <= "9":
+        digits += 1
+    return digits > 0 and stripped[digits : digits + 2] in (". ", ") ", ".", ")")
+
+
+def _is_heading(stripped: str, line: str) -> bool:
+    if stripped.startswith(_HEADING_OPEN):
+        return line.rstrip().endswith(_HEADING_CLOSE)
+    hashes = len(stripped) - len(stripped.lstrip("#"))
+    return 1 <= hashes <= 6 and stripped[hashes : hashes + 1] in ("", " ")
 
 
 def _starts_structure(stripped: str) -> bool:
@@ -737,39 +902,56 @@ def _choose_cut(
     fill: int,
     newlines: list[int],
     ranks: list[int],
+    section_starts: dict[int, int],
 ) -> tuple[int, int]:
     """Return (end of this part, start of the search for the next part).
 
-    Order: line breaks outside fenced code (blank line > before a list item/heading/fence >
-    other), then line breaks inside fenced code, then sentence ends, then spaces/commas,
-    then a hard cut.  Within each class a boundary leaving the part at least *fill* full
-    wins over a better-ranked one that would leave it nearly empty.
+    Order: tier-A line breaks (between blocks, inside list items, inside blocks too big
+    for a part), then the break after a heading that keeps the block after it whole, then
+    line breaks inside a code block or table row that fits, then sentence ends, then
+    spaces/commas, then the break after a heading, then a hard cut.  Within each line tier
+    a boundary leaving the part at least *fill* full wins over a better-ranked one that
+    would leave it nearly empty.
     """
     low_fill = max(fill, first + 1)
     low_any = first + 1
-    # 1./2. line boundaries: the part ends right before the newline at newlines[k]
+    # 1. line boundaries: the part ends right before the newline at newlines[k]
     high = bisect_right(newlines, lim)
     a_fill = bisect_left(newlines, low_fill)
     a_any = bisect_left(newlines, low_any)
-    for min_rank in (_RANK_LINE, _RANK_IN_CODE):
-        for a in (a_fill, a_any):
-            k = _best_boundary(ranks, a, high, min_rank)
-            if k != -1:
-                return newlines[k], newlines[k] + 1
-    for low in (low_fill, low_any):
-        # 3. sentence ends: the part ends right after the punctuation (and closing quotes)
+    steps = (
+        (_TIER_A, a_fill),
+        (_TIER_A, a_any),
+        (_RANK_HEADING_KEEP, a_any),
+        (_TIER_B, a_fill),
+        (_TIER_B, a_any),
+    )
+    for min_rank, a in steps:
+        k = _best_boundary(ranks, a, high, min_rank)
+        if k != -1:
+            return newlines[k], newlines[k] + 1
+    # A part opening with a heading keeps it, and the cut goes into the text after it.
+    floor = section_starts.get(first, first) + 1
+    for low in (max(low_fill, floor), max(low_any, floor)):
+        if low > lim:
+            continue
+        # 2. sentence ends: the part ends right after the punctuation (and closing quotes)
         end = _last_sentence_end(text, low - 1, lim)
         if end != -1:
             while end < lim and text[end] in _CLOSERS:
                 end += 1
             return end, end
-        # 4. other whitespace (dropped) or a comma (kept)
+        # 3. other whitespace (dropped) or a comma (kept)
         space = max(text.rfind(char, low, lim + 1) for char in _SPACES)
         comma = max(text.rfind(char, low - 1, lim) for char in _COMMAS)
         if space != -1 or comma != -1:
             if comma + 1 > space:
                 return comma + 1, comma + 1
             return space, space + 1
+    # 4. right after a heading
+    k = _best_boundary(ranks, a_any, high, _RANK_AFTER_HEADING)
+    if k != -1:
+        return newlines[k], newlines[k] + 1
     # 5. hard cut, but not inside a grapheme cluster
     end = _grapheme_boundary(text, first + 1, lim)
     return end, end
@@ -890,3 +1072,9 @@ def image_reply_xml(to_user: str, from_user: str, media_id: str, create_time: in
     """Passive image reply for an uploaded *media_id*."""
     head = _reply_head(to_user, from_user, create_time, "image")
     return f"{head}<Image><MediaId>{cdata(media_id)}</MediaId></Image></xml>"
+
+
+def voice_reply_xml(to_user: str, from_user: str, media_id: str, create_time: int) -> str:
+    """Passive voice reply for an uploaded *media_id*."""
+    head = _reply_head(to_user, from_user, create_time, "voice")
+    return f"{head}<Voice><MediaId>{cdata(media_id)}</MediaId></Voice></xml>"

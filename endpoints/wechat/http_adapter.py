@@ -9,6 +9,7 @@ from typing import Any
 from werkzeug import Request, Response
 
 from .dify_app import session_app_caller
+from .dify_services import SessionServices
 from .intake import HttpReply, HttpRequest, Runtime
 from .parsers import MAX_BODY_BYTES
 
@@ -30,6 +31,7 @@ def session_runtime(session: Any, request: Request) -> Runtime:
         storage=session.storage,
         endpoint_id=session.endpoint_id or request.headers.get("Dify-Hook-Id", ""),
         app_caller=session_app_caller(session),
+        services=SessionServices(session),
     )
 
 

@@ -14,24 +14,35 @@ from dataclasses import dataclass, field
 
 from . import log_messages as msgs
 from . import timing
+from .answering import AnswerKit
 from .concurrency import start_background
 from .conversations import ConversationStore
 from .coordinator import Action, Coordinator, Decision
 from .crypto import CryptoError, MessageCrypto, signature_matches, timestamp_is_fresh
 from .delivery import Router, TextSender
 from .dify_app import AppCaller, DifyApp
-from .formatters import SUCCESS_BODY, text_reply_xml
+from .dify_services import DifyServices
+from .formatters import SUCCESS_BODY, image_reply_xml, text_reply_xml, voice_reply_xml
 from .handlers.base import HandlerContext
 from .models import InboundMessage
 from .outbox import Outbox
 from .parsers import MAX_BODY_BYTES, XmlRefusedError, message_from_fields_checked, parse_xml_fields
+from .parts import PartKind
 from .replay_guard import ReplayGuard
 from .retry_tracker import RetryTracker
 from .settings import Settings
 from .status_page import render_status_page
 from .storage import EndpointStore, KeyValueStore
 from .worker import Worker, WorkerContext, WorkerRefusal, check_ticket
-from .worker_link import HEALTH, WorkerHealth, WorkerLauncher, load_health, worker_key, worker_url
+from .worker_link import (
+    HEALTH,
+    WorkerHealth,
+    WorkerLauncher,
+    header,
+    load_health,
+    worker_key,
+    worker_url,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -73,6 +84,8 @@ class Runtime:
     use_worker: bool = True
     #: Customer-service sender override (tests); default: the WeChat API client.
     sender_factory: Callable[[], TextSender] | None = None
+    #: Dify besides the app call (file upload, speech models, app parameters).
+    services: DifyServices | None = None
 
 
 class Refused(Exception):
@@ -156,7 +169,7 @@ def handle_post(request: HttpRequest, settings: Settings, runtime: Runtime) -> H
             if not guard.admit(verified.signature, message.dedupe_key):
                 return _refuse("POST", 403, "replayed signature with a different message")
         tracker, outbox, app = _state(store, settings, runtime)
-        ctx = HandlerContext(settings, app.conversations, outbox)
+        ctx = HandlerContext(settings, app.conversations, outbox, runtime.services)
         launcher = None
         if runtime.use_worker:
             launcher = WorkerLauncher(
@@ -168,7 +181,16 @@ def handle_post(request: HttpRequest, settings: Settings, runtime: Runtime) -> H
                 start_background,
             )
         router = Router(settings, store, runtime.endpoint_id, runtime.clock)
-        coordinator = Coordinator(ctx, tracker, app, runtime.clock, worker=launcher, router=router)
+        coordinator = Coordinator(
+            ctx,
+            tracker,
+            app,
+            runtime.clock,
+            worker=launcher,
+            router=router,
+            kit=_answer_kit(store, settings, runtime),
+            page_base=header(request.headers, "Dify-Hook-Url"),
+        )
         decision = coordinator.process(message, arrived_at)
     except Exception:
         # Storage down or full, or a bug: the user gets the friendly text, not WeChat's
@@ -196,6 +218,10 @@ def _state(
     return tracker, outbox, app
 
 
+def _answer_kit(store: EndpointStore, settings: Settings, runtime: Runtime) -> AnswerKit:
+    return AnswerKit(settings, store, runtime.endpoint_id, runtime.services, runtime.clock)
+
+
 # --- POST /wechat/worker: background work ----------------------------------------------------
 
 
@@ -212,6 +238,7 @@ def handle_worker(request: HttpRequest, settings: Settings, runtime: Runtime) ->
         router=Router(settings, store, runtime.endpoint_id, runtime.clock),
         clock=runtime.clock,
         sender_factory=runtime.sender_factory,
+        kit=_answer_kit(store, settings, runtime),
     )
     checked = check_ticket(dict(request.headers), request.body, ctx)
     if isinstance(checked, WorkerRefusal):
@@ -304,7 +331,13 @@ def _render(
         return HttpReply(200, SUCCESS_BODY, TEXT)  # never encrypted
     message = verified.message
     now = int(clock())
-    xml = text_reply_xml(message.from_user, message.to_user, decision.text, now)
+    media = decision.media
+    if media is not None and media.kind is PartKind.IMAGE:
+        xml = image_reply_xml(message.from_user, message.to_user, media.value, now)
+    elif media is not None:
+        xml = voice_reply_xml(message.from_user, message.to_user, media.value, now)
+    else:
+        xml = text_reply_xml(message.from_user, message.to_user, decision.text, now)
     if verified.crypto is not None:
         xml = verified.crypto.encrypt_reply(xml, str(now), verified.nonce)
     return HttpReply(200, xml, XML)

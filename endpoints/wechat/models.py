@@ -10,6 +10,7 @@ and .../Receiving_event_pushes.html
 from __future__ import annotations
 
 from typing import Any, ClassVar
+from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -106,11 +107,21 @@ class LocationMessage(InboundMessage):
     label: str = Field(default="", alias="Label")
 
     def _type_inputs(self) -> dict[str, str]:
+        # "lat,lng" is what reverse-geocoding APIs take (Tencent/Baidu order; AMap wants
+        # "lng,lat", hence both); the map link opens the point in any browser.
+        lat, lng = self.location_x, self.location_y
         return {
-            "wechat_latitude": self.location_x,
-            "wechat_longitude": self.location_y,
+            "wechat_latitude": lat,
+            "wechat_longitude": lng,
             "wechat_location_scale": self.scale,
             "wechat_location_label": self.label,
+            "wechat_location": f"{lat},{lng}" if lat and lng else "",
+            "wechat_location_lnglat": f"{lng},{lat}" if lat and lng else "",
+            "wechat_map_url": (
+                f"https://apis.map.qq.com/uri/v1/marker?marker=coord:{lat},{lng}"
+                if lat and lng
+                else ""
+            ),
         }
 
 
@@ -125,6 +136,7 @@ class LinkMessage(InboundMessage):
             "wechat_link_title": self.title,
             "wechat_link_description": self.description,
             "wechat_link_url": self.url,
+            "wechat_link_host": urlsplit(self.url).hostname or "",
         }
 
 

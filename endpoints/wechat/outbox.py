@@ -120,6 +120,10 @@ class Outbox:
     def retention(self) -> float:
         return self._retention
 
+    @property
+    def store(self) -> EndpointStore:
+        return self._store
+
     # --- sweep ring --------------------------------------------------------------------
 
     def track_job(self, job_key: str) -> None:

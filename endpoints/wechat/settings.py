@@ -16,6 +16,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from .crypto import InvalidAESKeyError, validate_encoding_aes_key
+from .menus import MenuAction, parse_menu_map
 
 DEFAULT_API_BASE_URL = "https://api.weixin.qq.com"
 DEFAULT_TIMESTAMP_TOLERANCE = 300
@@ -24,12 +25,19 @@ DEFAULT_TEXTS = {
     "welcome_message": "感谢关注！我是 AI 助手，直接发消息就能和我对话。发送 /help 查看可用指令。",
     "error_message": "抱歉，AI 助手暂时出了点问题，请稍后再试。",
     "timeout_message": "抱歉，这个问题我需要想得久一点，没能及时回复。请稍后再问我一次。",
-    "unsupported_message": "暂时只能处理文字、图片、语音、链接和位置消息，请换一种方式告诉我吧。",
+    "unsupported_message": "暂时无法处理这种消息，请发文字、图片或语音给我吧。",
     "voice_fallback_message": "抱歉，这条语音我没听清，请发文字给我吧。",
+    "voice_unavailable_message": (
+        "抱歉，暂时还不能识别语音，请发文字给我吧。"
+        "（管理员：在公众号后台开启「接收语音识别结果」，"
+        "或在插件中设置 AppSecret 和语音转文字模型即可）"
+    ),
     "push_waiting_message": "问题有点复杂，我还在思考，想好了会马上发给你。",
     "fetch_waiting_message": "问题有点复杂，我还在思考。请稍后回复「{keyword}」获取答案。",
 }
 DEFAULT_ANSWER_RETENTION_HOURS = 24
+DEFAULT_FILE_INPUT_VARIABLE = "wechat_file"
+DEFAULT_FULL_ANSWER_DAYS = 7
 
 _TOKEN_RE = re.compile(r"^[A-Za-z0-9]{3,32}$")
 _APP_ID_RE = re.compile(r"^wx[0-9a-zA-Z]{16}$")
@@ -41,6 +49,14 @@ class DeliveryMode(StrEnum):
     AUTO = "auto"  # push when the account can, fetch otherwise
     PUSH = "push"  # customer-service messages (AppSecret, verified account)
     FETCH = "fetch"  # the user sends the fetch keyword
+
+
+class WelcomeMode(StrEnum):
+    """What a new follower gets (setting ``welcome_mode``)."""
+
+    TEXT = "text"  # welcome_message
+    APP = "app"  # the app answers a subscribe event
+    OPENING_STATEMENT = "opening_statement"  # the app's opening statement (else the text)
 
 
 class ClickEventMode(StrEnum):
@@ -82,6 +98,15 @@ class Settings:
     delivery_mode: DeliveryMode = DeliveryMode.AUTO
     worker_base_url: str = ""
     answer_retention_hours: float = DEFAULT_ANSWER_RETENTION_HOURS
+    voice_unavailable_message: str = DEFAULT_TEXTS["voice_unavailable_message"]
+    file_input_variable: str = DEFAULT_FILE_INPUT_VARIABLE
+    speech_to_text_model: Mapping[str, Any] | None = None
+    voice_reply: bool = False
+    text_to_speech_model: Mapping[str, Any] | None = None
+    menu_click_map: Mapping[str, MenuAction] = field(default_factory=dict)
+    welcome_mode: WelcomeMode = WelcomeMode.TEXT
+    full_answer_link: bool = True
+    full_answer_days: float = DEFAULT_FULL_ANSWER_DAYS
     problems: tuple[SettingProblem, ...] = field(default=())
 
     @property
@@ -105,6 +130,15 @@ class Settings:
     def answer_retention_seconds(self) -> float:
         return self.answer_retention_hours * 3600.0
 
+    @property
+    def full_answer_seconds(self) -> float:
+        return self.full_answer_days * 86400.0
+
+    @property
+    def can_speak(self) -> bool:
+        """Voice replies: switched on, a TTS model chosen, and media uploads possible."""
+        return self.voice_reply and bool(self.text_to_speech_model) and bool(self.app_secret)
+
 
 def _text(raw: Mapping[str, Any], name: str, default: str = "") -> str:
     value = raw.get(name)
@@ -127,6 +161,23 @@ def _number(
     except (ValueError, OverflowError):
         return None
     return value if low <= value <= high else None
+
+
+def _flag(raw: Mapping[str, Any], name: str, default: bool) -> bool:
+    value = raw.get(name)
+    if value is None or value == "":
+        return default
+    if isinstance(value, bool):
+        return value
+    return str(value).strip().lower() in ("true", "1", "yes", "on")
+
+
+def _model(raw: Mapping[str, Any], name: str) -> Mapping[str, Any] | None:
+    """A model-selector value: ``{"provider", "model", "model_type", …}`` or nothing."""
+    value = raw.get(name)
+    if isinstance(value, Mapping) and value.get("provider") and value.get("model"):
+        return dict(value)
+    return None
 
 
 def normalize_api_base_url(value: str) -> str | None:
@@ -314,6 +365,62 @@ def load_settings(raw: Mapping[str, Any]) -> Settings:
             )
         )
 
+    parsed_days = _number(raw, "full_answer_days", DEFAULT_FULL_ANSWER_DAYS, 0.1, 30)
+    full_answer_days = float(parsed_days or DEFAULT_FULL_ANSWER_DAYS)
+    if parsed_days is None:
+        problems.append(
+            SettingProblem(
+                "full_answer_days",
+                "The full-answer link lifetime must be a number of days (0.1-30); using 7.",
+                "「阅读全文」链接有效期必须是 0.1-30 之间的天数，已使用 7。",
+            )
+        )
+
+    menu_map, bad_entries = parse_menu_map(str(raw.get("menu_click_map") or ""))
+    if bad_entries:
+        numbers = ", ".join(str(n) for n in bad_entries[:10])
+        problems.append(
+            SettingProblem(
+                "menu_click_map",
+                f"Menu entries {numbers} are not KEY=text and are ignored.",
+                f"菜单映射第 {numbers} 条不是「KEY=文字」格式，已忽略。",
+            )
+        )
+
+    welcome_text = _text(raw, "welcome_mode", WelcomeMode.TEXT.value)
+    try:
+        welcome_mode = WelcomeMode(welcome_text or WelcomeMode.TEXT.value)
+    except ValueError:
+        welcome_mode = WelcomeMode.TEXT
+        problems.append(
+            SettingProblem(
+                "welcome_mode",
+                "The welcome mode must be text, app or opening_statement; using text.",
+                "关注欢迎方式必须是 text、app 或 opening_statement，已使用 text。",
+            )
+        )
+
+    stt_model = _model(raw, "speech_to_text_model")
+    if stt_model and not _text(raw, "app_secret"):
+        problems.append(
+            SettingProblem(
+                "speech_to_text_model",
+                "Transcribing voice needs the AppSecret (to download the voice); without it "
+                "only WeChat's own recognition (接收语音识别结果) is used.",
+                "语音转文字需要 AppSecret 才能下载语音；未设置时只能使用微信自带的语音识别结果。",
+            )
+        )
+    voice_reply = _flag(raw, "voice_reply", False)
+    tts_model = _model(raw, "text_to_speech_model")
+    if voice_reply and not (tts_model and _text(raw, "app_secret")):
+        problems.append(
+            SettingProblem(
+                "voice_reply",
+                "Voice replies need a text-to-speech model and the AppSecret; replies stay text.",
+                "语音回复需要选择文字转语音模型并设置 AppSecret；目前仍以文字回复。",
+            )
+        )
+
     mode_text = _text(raw, "click_event_mode", ClickEventMode.QUERY.value)
     try:
         click_mode = ClickEventMode(mode_text or ClickEventMode.QUERY.value)
@@ -339,6 +446,15 @@ def load_settings(raw: Mapping[str, Any]) -> Settings:
         delivery_mode=delivery_mode,
         worker_base_url=worker_base,
         answer_retention_hours=retention,
+        # Empty means "the default": an app without that variable simply gets the URL.
+        file_input_variable=_text(raw, "file_input_variable") or DEFAULT_FILE_INPUT_VARIABLE,
+        speech_to_text_model=stt_model,
+        voice_reply=voice_reply,
+        text_to_speech_model=tts_model,
+        menu_click_map=menu_map,
+        welcome_mode=welcome_mode,
+        full_answer_link=_flag(raw, "full_answer_link", True),
+        full_answer_days=full_answer_days,
         problems=tuple(problems),
         **texts,
     )

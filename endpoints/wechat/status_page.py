@@ -6,6 +6,7 @@ from __future__ import annotations
 from html import escape
 from urllib.parse import urlsplit, urlunsplit
 
+from . import audio
 from .settings import DeliveryMode, Settings
 from .worker_link import WorkerHealth
 
@@ -66,6 +67,54 @@ def _worker_rows(settings: Settings, health: WorkerHealth | None) -> str:
     return state + _row(True, "delivery_mode", route_en, route_zh)
 
 
+def _media_rows(settings: Settings) -> str:
+    """What pictures and voice do with these settings (no values beyond names)."""
+    rows = [
+        _row(
+            True,
+            "file_input_variable",
+            f"Pictures reach apps that declare a File input named "
+            f"{settings.file_input_variable}; other apps get the picture's URL.",
+            f"图片会传给声明了文件变量 {settings.file_input_variable} 的应用；"
+            "其他应用只收到图片链接。",
+        )
+    ]
+    converter = audio.available()
+    if settings.speech_to_text_model and settings.app_secret and converter:
+        rows.append(
+            _row(
+                True,
+                "speech_to_text_model",
+                "Voice without WeChat's recognition is transcribed by the chosen model.",
+                "微信未识别的语音由所选模型转成文字。",
+            )
+        )
+    elif settings.speech_to_text_model and settings.app_secret:
+        rows.append(
+            _row(
+                False,
+                "speech_to_text_model",
+                f"Voice cannot be converted here: {audio.describe()}.",
+                f"无法转换语音格式：{audio.describe()}。",
+            )
+        )
+    else:
+        rows.append(
+            _row(
+                None,
+                "speech_to_text_model",
+                "Only WeChat's own recognition (接收语音识别结果) is used; set the AppSecret "
+                "and a speech-to-text model to transcribe other voice messages.",
+                "仅使用微信自带的语音识别结果；设置 AppSecret 和语音转文字模型后可转写其余语音。",
+            )
+        )
+    for name in ("speech_to_text_model", "voice_reply", "menu_click_map", "welcome_mode"):
+        problem = next((p for p in settings.problems if p.setting == name), None)
+        if problem is not None:
+            rows.append(_row(False, name, problem.message_en, problem.message_zh))
+    return "".join(rows)
+
+
 def render_status_page(
     settings: Settings, endpoint_url: str, health: WorkerHealth | None = None
 ) -> str:
@@ -104,7 +153,7 @@ def render_status_page(
     )
     check("wechat_api_base_url", "WeChat API base URL is valid.", "微信接口地址有效。")
     check("timestamp_tolerance", "Timestamp tolerance is valid.", "时间戳容差有效。")
-    for name in ("delivery_mode", "worker_base_url", "answer_retention_hours"):
+    for name in ("delivery_mode", "worker_base_url", "answer_retention_hours", "full_answer_days"):
         if name in problems:
             check(name, "", "")
 
@@ -133,6 +182,8 @@ vertical-align:top}}code{{background:#f4f4f4;padding:0 .3em;border-radius:3px}}
 <table>{"".join(rows)}</table>
 <h2>Answers after 5 s / 超过 5 秒的答案</h2>
 <table>{_worker_rows(settings, health)}</table>
+<h2>Pictures and voice / 图片与语音</h2>
+<table>{_media_rows(settings)}</table>
 <h2>WeChat console / 公众号后台（设置与开发 → 基本配置 → 服务器配置）</h2>
 <ol>
 <li>服务器地址(URL) / Server URL:

@@ -12,3 +12,5 @@ HELP_TEMPLATE = """可用指令：
 「{keyword}」 —— 回答较长时，获取后续内容
 
 直接发送文字、图片、语音、链接或位置即可提问。"""
+FULL_ANSWER_LINK = '\n\n<a href="{url}">阅读全文</a>'
+WELCOME_QUERY = "你好"

@@ -27,8 +27,8 @@ from dataclasses import dataclass, replace
 from functools import partial
 
 from . import timing
+from .answering import AnswerKit, finish_answer
 from .concurrency import run_side_by_side, start_background
-from .coordinator import finish_answer
 from .delivery import Pusher, Router, TextSender, WeChatSender
 from .dify_app import AppAnswer, DifyApp
 from .outbox import Delivery, Outbox, Route
@@ -58,6 +58,12 @@ class WorkerContext:
     clock: Callable[[], float] = time.time
     sleep: Callable[[float], None] = time.sleep
     sender_factory: Callable[[], TextSender] | None = None
+    kit: AnswerKit | None = None
+
+    def answer_kit(self) -> AnswerKit:
+        if self.kit is None:  # no Dify services (tests): text in, text out
+            self.kit = AnswerKit(self.settings, self.store, self.endpoint_id, None, self.clock)
+        return self.kit
 
 
 def check_ticket(
@@ -101,11 +107,7 @@ class Worker:
 
         def work() -> None:
             try:
-                outcome.append(
-                    finish_answer(
-                        job, ticket.query, ticket.openid, ticket.inputs, ctx.app, ctx.settings
-                    )
-                )
+                outcome.append(finish_answer(job, ticket.question, ctx.app, ctx.answer_kit()))
             finally:
                 done.set()
 

@@ -36,6 +36,8 @@ from urllib.parse import urlsplit, urlunsplit
 import requests
 
 from . import timing
+from .answering import Question
+from .inbound_media import MediaRequest
 from .retry_tracker import Job, LocalSignals
 from .settings import Settings
 from .storage import EndpointStore
@@ -60,6 +62,38 @@ class WorkTicket:
     inputs: dict[str, str] = field(default_factory=dict)
     arrived_at: float = 0.0
     ref: str = ""  # log-safe message reference
+    media: dict[str, str] | None = None  # MediaRequest to prepare before asking
+    spoken: bool = False
+    page_base: str = ""
+
+    @classmethod
+    def for_question(
+        cls, job: str, owner: str, question: Question, arrived_at: float
+    ) -> WorkTicket:
+        return cls(
+            job=job,
+            owner=owner,
+            openid=question.openid,
+            query=question.query,
+            inputs=dict(question.metadata),
+            arrived_at=arrived_at,
+            ref=question.ref,
+            media=question.media.to_dict() if question.media else None,
+            spoken=question.spoken,
+            page_base=question.page_base,
+        )
+
+    @property
+    def question(self) -> Question:
+        return Question(
+            openid=self.openid,
+            query=self.query,
+            metadata=dict(self.inputs),
+            media=MediaRequest.from_dict(self.media),
+            spoken=self.spoken,
+            page_base=self.page_base,
+            ref=self.ref,
+        )
 
     def to_bytes(self) -> bytes:
         return json.dumps(asdict(self), ensure_ascii=False, separators=(",", ":")).encode()
@@ -76,9 +110,20 @@ class WorkTicket:
                 inputs={str(k): str(v) for k, v in dict(data.get("inputs") or {}).items()},
                 arrived_at=float(data["arrived_at"]),
                 ref=str(data.get("ref", "")),
+                media=_media(data.get("media")),
+                spoken=bool(data.get("spoken", False)),
+                page_base=str(data.get("page_base", "")),
             )
         except (KeyError, ValueError, TypeError, AttributeError):
             return None
+
+
+def _media(value: Any) -> dict[str, str] | None:
+    if value is None:
+        return None
+    if not isinstance(value, dict):
+        raise TypeError("media")
+    return {str(k): str(v) for k, v in value.items()}
 
 
 # --- signing -----------------------------------------------------------------------------

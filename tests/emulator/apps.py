@@ -22,6 +22,30 @@ Chunk shapes follow the Dify service API streaming events (see
 and ``message_id`` on every chunk; workflow apps stream ``text_chunk`` (``data.text``) and end
 with ``workflow_finished`` (``data.outputs``, ``data.status``).
 
+**Files in answers** (:class:`AppReply`; file dicts come from
+:meth:`~tests.emulator.daemon.DaemonEmulator.host_file`, shaped like Dify's ``File.to_dict()``
+in ``api/core/file/models.py``). What each mode emits, as read in Dify's task pipelines:
+
+- ``chat`` / ``completion`` (``easy_ui_based_generate_task_pipeline.py``
+  ``_message_file_to_stream_response``): one ``message_file`` chunk per file,
+  ``{"event": "message_file", "id": <message file id>, "type": "image", "belongs_to":
+  "assistant", "url": <signed /files/tools/<id><ext> URL>}`` plus ``conversation_id``,
+  ``message_id``, ``created_at``, ``task_id`` (the service API converter adds them to every
+  chunk); sent after the answer deltas, before ``message_end``. (A plain chat app only gets
+  files from tools/plugins; the emulator allows it anyway.)
+- ``agent-chat``: the same ``message_file`` chunks, right after the tool's ``agent_thought``
+  and before the answer deltas (the agent runner publishes a tool's files as it gets them);
+  the final ``agent_thought`` lists their ids in ``message_files``.
+- ``advanced-chat`` (``advanced_chat/generate_task_pipeline.py``): **no** ``message_file``
+  events — the files recorded from Answer/End/LLM node outputs go into ``message_end.files``
+  and into ``workflow_finished.data.outputs[files_output_key]`` (default ``"files"``) and
+  ``data.files``.
+- ``workflow``: ``workflow_finished.data.outputs[files_output_key]`` (a list of file dicts) and
+  ``data.files``; no ``message_file`` events.
+- ``AppReply(markdown=True)``: the answer text also carries each file as markdown
+  (``![name](url)`` for images, ``[name](url)`` otherwise — ``File.markdown``), as an Answer
+  node that references a file variable renders it.
+
 This module is pure stdlib and knows nothing about HTTP: :class:`ScriptedApp.plan` turns one
 request into an :class:`AppPlan` (timed chunks or one blocking result) and the daemon emulator
 plays it out, honouring the session lifetime rule.
@@ -29,10 +53,11 @@ plays it out, honouring the session lifetime rule.
 
 from __future__ import annotations
 
+import copy
 import threading
 import time
 import uuid
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -44,11 +69,119 @@ ALL_MODES: frozenset[str] = CHAT_MODES | {"workflow", "completion"}
 DEFAULT_APP_ID = "app-test-1"
 """The app id the default test settings select (``settings["app"]["app_id"]``)."""
 
-DEFAULT_PARAMETERS: dict[str, Any] = {
-    "user_input_form": [],
-    "file_upload": {},
-    "opening_statement": "",
+DEFAULT_FILE_NUMBER_LIMITS = 3
+"""Dify ``constants.DEFAULT_FILE_NUMBER_LIMITS``."""
+
+DEFAULT_SYSTEM_PARAMETERS: dict[str, int] = {
+    "image_file_size_limit": 10,
+    "video_file_size_limit": 100,
+    "audio_file_size_limit": 50,
+    "file_size_limit": 15,
+    "workflow_file_upload_limit": 10,
 }
+"""Dify's default ``UPLOAD_*_FILE_SIZE_LIMIT`` (MB) and ``WORKFLOW_FILE_UPLOAD_LIMIT``."""
+
+
+def app_parameters(
+    *,
+    user_input_form: Sequence[Mapping[str, Any]] = (),
+    opening_statement: str | None = "",
+    suggested_questions: Sequence[str] = (),
+    speech_to_text: bool = False,
+    text_to_speech: bool | Mapping[str, Any] = False,
+    file_upload: Mapping[str, Any] | None = None,
+    **features: Any,
+) -> dict[str, Any]:
+    """An app's parameters exactly as ``session.app.fetch_app(app_id)`` returns them.
+
+    Dify ``api/core/app/app_config/common/parameters_mapping.py``
+    ``get_parameters_from_feature_dict`` (the same dict the service API's ``GET /parameters``
+    answers). ``fetch_app_info`` wraps it as ``{"data": <parameters>}``, but the daemon
+    (``calldify/http_request.go`` ``FetchApp``) unwraps that ``data`` before answering the
+    plugin, so the SDK yields the bare parameters. ``user_input_form`` entries are built with
+    :func:`form_field`; ``features`` override any other top-level key.
+    """
+    tts: dict[str, Any]
+    if isinstance(text_to_speech, Mapping):
+        tts = dict(text_to_speech)
+    else:
+        tts = {"enabled": bool(text_to_speech)}
+        if text_to_speech:
+            tts.update({"voice": "alloy", "language": "zh-Hans", "autoPlay": "disabled"})
+    params: dict[str, Any] = {
+        "opening_statement": opening_statement,
+        "suggested_questions": list(suggested_questions),
+        "suggested_questions_after_answer": {"enabled": False},
+        "speech_to_text": {"enabled": bool(speech_to_text)},
+        "text_to_speech": tts,
+        "retriever_resource": {"enabled": False},
+        "annotation_reply": {"enabled": False},
+        "more_like_this": {"enabled": False},
+        "user_input_form": [dict(entry) for entry in user_input_form],
+        "sensitive_word_avoidance": {"enabled": False, "type": "", "configs": []},
+        "file_upload": dict(file_upload)
+        if file_upload is not None
+        else {
+            "image": {
+                "enabled": False,
+                "number_limits": DEFAULT_FILE_NUMBER_LIMITS,
+                "detail": "high",
+                "transfer_methods": ["remote_url", "local_file"],
+            }
+        },
+        "system_parameters": dict(DEFAULT_SYSTEM_PARAMETERS),
+    }
+    params.update(features)
+    return params
+
+
+FormType = Literal["text-input", "paragraph", "select", "number", "file", "file-list"]
+
+
+def form_field(
+    kind: FormType,
+    variable: str,
+    *,
+    label: str | None = None,
+    required: bool = False,
+    max_length: int | None = None,
+    options: Sequence[str] = (),
+    allowed_file_types: Sequence[str] = ("image",),
+    allowed_file_extensions: Sequence[str] = (),
+    allowed_file_upload_methods: Sequence[str] = ("local_file", "remote_url"),
+    **extra: Any,
+) -> dict[str, Any]:
+    """One ``user_input_form`` entry in Dify's "old structure": ``{kind: {…variable…}}``.
+
+    Workflow/chatflow apps: ``Workflow.user_input_form(to_old_structure=True)`` wraps each
+    Start-node variable as ``{variable["type"]: variable}``; easy-UI apps store the same shape.
+    ``file``/``file-list`` entries carry ``allowed_file_types`` (``image``, ``document``,
+    ``audio``, ``video``, ``custom``), ``allowed_file_extensions`` and
+    ``allowed_file_upload_methods``; a ``file-list``'s ``max_length`` is its file count limit.
+    """
+    spec: dict[str, Any] = {
+        "variable": variable,
+        "label": label if label is not None else variable,
+        "type": kind,
+        "required": required,
+    }
+    if kind in ("text-input", "paragraph"):
+        spec["max_length"] = 48 if max_length is None and kind == "text-input" else max_length
+        spec["default"] = ""
+    elif kind == "select":
+        spec["options"] = list(options)
+        spec["default"] = ""
+    elif kind in ("file", "file-list"):
+        spec["allowed_file_types"] = list(allowed_file_types)
+        spec["allowed_file_extensions"] = list(allowed_file_extensions)
+        spec["allowed_file_upload_methods"] = list(allowed_file_upload_methods)
+        if kind == "file-list":
+            spec["max_length"] = 5 if max_length is None else max_length
+    spec.update(extra)
+    return {kind: spec}
+
+
+DEFAULT_PARAMETERS: dict[str, Any] = app_parameters()
 """What ``session.app.fetch_app(app_id)`` returns unless the test configures otherwise."""
 
 # Terminal events: dropped when the script ends the stream with an error chunk instead.
@@ -72,7 +205,44 @@ class AppRequest:
     """The request dict exactly as the plugin sent it."""
 
 
-Responder = Callable[[AppRequest], "str | BaseException"]
+@dataclass(frozen=True)
+class AppReply:
+    """A rich answer: text plus Dify-hosted files (and, rarely needed, extra raw chunks).
+
+    ``files`` are file dicts from :meth:`DaemonEmulator.host_file
+    <tests.emulator.daemon.DaemonEmulator.host_file>` (Dify's ``File.to_dict()`` shape); how
+    each app mode emits them is described in the module docstring. ``markdown=True`` appends
+    each file to the answer text as markdown, like an Answer node that references a file
+    variable. ``events`` are extra chunks sent just before the terminal event(s) (chat modes:
+    merged over the usual ``task_id``/``conversation_id``/``message_id``/``created_at``).
+    ``outputs`` are extra workflow outputs (``workflow`` and ``advanced-chat``).
+    """
+
+    text: str = ""
+    files: Sequence[Mapping[str, Any]] = ()
+    markdown: bool = False
+    events: Sequence[Mapping[str, Any]] = ()
+    outputs: Mapping[str, Any] = field(default_factory=dict)
+
+    def full_text(self) -> str:
+        """The answer text as streamed (with the files' markdown when ``markdown``)."""
+        if not self.markdown or not self.files:
+            return self.text
+        links = "\n".join(file_markdown(f) for f in self.files)
+        return f"{self.text}\n\n{links}" if self.text else links
+
+
+def file_markdown(file: Mapping[str, Any]) -> str:
+    """Dify ``File.markdown``: ``![filename](url)`` for images, ``[filename or url](url)``."""
+    url = str(file.get("url") or "")
+    name = file.get("filename")
+    if file.get("type") == "image":
+        return f"![{name or ''}]({url})"
+    return f"[{name or url}]({url})"
+
+
+Answer = str | AppReply | BaseException
+Responder = Callable[[AppRequest], "str | AppReply | BaseException"]
 
 
 class AppInvocationError(Exception):
@@ -91,6 +261,8 @@ class AppPlan:
     blocking_error: str | None
     conversation_id: str | None
     answer: str | None
+    files: list[dict[str, Any]] = field(default_factory=list)
+    """Files the answer carries (file dicts), for assertions."""
 
 
 def _split(text: str, parts: int) -> list[str]:
@@ -111,14 +283,20 @@ def _split(text: str, parts: int) -> list[str]:
 class ScriptedApp:
     """A Dify app the test scripts: mode, answer, timing, failures, conversations.
 
-    ``respond`` is a fixed text or a function ``(AppRequest) -> str | Exception``; a returned
-    (or raised) exception makes the *generation* fail: streaming → an ``error`` chunk at
-    ``latency``; blocking → an ``error`` event (the SDK raises). ``latency`` is the time until
-    the answer is complete; the answer is streamed in ``chunks`` deltas spread evenly over it.
+    ``respond`` is a fixed text, a fixed :class:`AppReply`, or a function
+    ``(AppRequest) -> str | AppReply | Exception``; a returned (or raised) exception makes the
+    *generation* fail: streaming → an ``error`` chunk at ``latency``; blocking → an ``error``
+    event (the SDK raises). An :class:`AppReply` adds files (see the module docstring).
+    ``latency`` is the time until the answer is complete; the answer is streamed in ``chunks``
+    deltas spread evenly over it.
     ``error_after`` (seconds) ends the stream with an ``{"event": "error", "code", "message",
     "status"}`` chunk at that time, after whatever deltas came before it (blocking: an error
     event at that time). ``invoke_error`` makes every invocation fail up front (like a Dify
     API 4xx/5xx). ``app_id``: when set, calls for another app id fail with "app not found".
+    ``parameters`` is what ``fetch_app`` answers (build it with :func:`app_parameters`, or
+    give just the keys that matter, e.g. ``{"user_input_form": [...]}``: the rest are Dify's
+    defaults). ``workflow_output_key`` names the text output of a workflow
+    app, ``files_output_key`` its file-list output.
 
     Thread-safe: several plugin processes may call it at once.
     """
@@ -126,7 +304,7 @@ class ScriptedApp:
     def __init__(
         self,
         mode: AppMode = "chat",
-        respond: Responder | str = "ok",
+        respond: Responder | str | AppReply = "ok",
         latency: float = 0.0,
         *,
         chunks: int = 3,
@@ -138,11 +316,12 @@ class ScriptedApp:
         app_id: str | None = DEFAULT_APP_ID,
         parameters: Mapping[str, Any] | None = None,
         workflow_output_key: str = "text",
+        files_output_key: str = "files",
     ) -> None:
         if mode not in ALL_MODES:
             raise ValueError(f"unknown app mode {mode!r}")
         self.mode: str = mode
-        self.respond: Responder | str = respond
+        self.respond: Responder | str | AppReply = respond
         self.latency = latency
         self.chunks = chunks
         self.error_after = error_after
@@ -151,10 +330,15 @@ class ScriptedApp:
         self.error_status = error_status
         self.invoke_error = invoke_error
         self.app_id = app_id
-        self.parameters: dict[str, Any] = dict(
-            DEFAULT_PARAMETERS if parameters is None else parameters
-        )
+        self.parameters: dict[str, Any] = {
+            **copy.deepcopy(DEFAULT_PARAMETERS),
+            **(parameters or {}),
+        }
+        """What ``fetch_app`` answers. The constructor fills keys missing from ``parameters``
+        with Dify's defaults (Dify always answers them all); assign the attribute to answer
+        exactly a given dict."""
         self.workflow_output_key = workflow_output_key
+        self.files_output_key = files_output_key
         self.conversations: dict[str, list[tuple[str, str]]] = {}
         self._lock = threading.Lock()
 
@@ -184,8 +368,8 @@ class ScriptedApp:
 
     # ------------------------------------------------------------------ planning
 
-    def _answer(self, req: AppRequest) -> str | BaseException:
-        if isinstance(self.respond, str):
+    def _answer(self, req: AppRequest) -> Answer:
+        if isinstance(self.respond, str | AppReply):
             return self.respond
         try:
             return self.respond(req)
@@ -241,12 +425,13 @@ class ScriptedApp:
             raw=dict(request),
         )
         answer = self._answer(req)
-        if chat and conversation_id is not None and isinstance(answer, str):
+        if chat and conversation_id is not None and not isinstance(answer, BaseException):
+            said = answer.full_text() if isinstance(answer, AppReply) else answer
             with self._lock:
-                self.conversations[conversation_id].append((str(query), answer))
+                self.conversations[conversation_id].append((str(query), said))
         return self._build_plan(req, answer)
 
-    def _build_plan(self, req: AppRequest, answer: str | BaseException) -> AppPlan:
+    def _build_plan(self, req: AppRequest, answer: Answer) -> AppPlan:
         now = int(time.time())
         task_id = str(uuid.uuid4())
         message_id = str(uuid.uuid4())
@@ -254,7 +439,15 @@ class ScriptedApp:
         cid = req.conversation_id
         lat = max(0.0, self.latency)
         failed = isinstance(answer, BaseException)
-        text = "" if isinstance(answer, BaseException) else answer
+        reply = answer if isinstance(answer, AppReply) else None
+        text: str
+        if isinstance(answer, BaseException):
+            text = ""
+        elif isinstance(answer, AppReply):
+            text = answer.full_text()
+        else:
+            text = answer
+        files = [dict(f) for f in reply.files] if reply is not None else []
         deltas = _split(text, self.chunks)
         times = [lat * (i + 1) / len(deltas) for i in range(len(deltas))]
 
@@ -279,6 +472,12 @@ class ScriptedApp:
             return d
 
         outputs_key = "answer" if self.mode == "advanced-chat" else self.workflow_output_key
+        files_key = self.files_output_key
+        outputs: dict[str, Any] = {outputs_key: text}
+        if files:
+            outputs[files_key] = files
+        if reply is not None:
+            outputs.update(reply.outputs)
         wf_started = wf_base(
             "workflow_started", {"id": run_id, "workflow_id": "wf-1", "created_at": now}
         )
@@ -295,17 +494,39 @@ class ScriptedApp:
                 "id": run_id,
                 "workflow_id": "wf-1",
                 "status": "succeeded",
-                "outputs": {outputs_key: text},
+                "outputs": outputs,
                 "error": None,
                 "elapsed_time": lat,
                 "total_tokens": 0,
                 "total_steps": 3,
                 "created_at": now,
                 "finished_at": now + int(lat),
+                "files": files,
             },
         )
         usage = {"prompt_tokens": 0, "completion_tokens": 0, "total_tokens": 0}
-        message_end = {**chat_base("message_end"), "metadata": {"usage": usage}, "files": []}
+        message_end = {
+            **chat_base("message_end"),
+            "metadata": {"usage": usage},
+            "files": files if self.mode == "advanced-chat" else [],
+        }
+        # easy_ui_based_generate_task_pipeline._message_file_to_stream_response
+        message_files = [
+            {
+                **chat_base("message_file"),
+                "id": str(uuid.uuid4()),
+                "type": str(f.get("type") or "image"),
+                "belongs_to": "assistant",
+                "url": f.get("url"),
+            }
+            for f in files
+        ]
+        extra: list[dict[str, Any]] = []
+        for raw in reply.events if reply is not None else ():
+            if self.mode == "workflow":
+                extra.append(dict(raw))
+            else:
+                extra.append({**chat_base(str(raw.get("event") or "message")), **raw})
 
         events: list[tuple[float, dict[str, Any]]] = []
         if self.mode == "workflow":
@@ -316,6 +537,7 @@ class ScriptedApp:
                     "text_chunk", {"text": d, "from_variable_selector": ["llm", "text"]}
                 )
                 events.append((t, chunk))
+            events.extend((lat, c) for c in extra)
             events.append((lat, node_finished))
             events.append((lat, wf_finished))
         elif self.mode == "agent-chat":
@@ -331,9 +553,16 @@ class ScriptedApp:
                 "message_files": [],
             }
             events.append((0.0, thought))
+            events.extend((0.0, c) for c in message_files)
             for t, d in zip(times, deltas, strict=True):
                 events.append((t, {**chat_base("agent_message"), "answer": d}))
-            events.append((lat, {**thought, "thought": text}))
+            final_thought = {
+                **thought,
+                "thought": text,
+                "message_files": [c["id"] for c in message_files],
+            }
+            events.append((lat, final_thought))
+            events.extend((lat, c) for c in extra)
             events.append((lat, message_end))
         else:  # chat, advanced-chat, completion
             if self.mode == "advanced-chat":
@@ -341,6 +570,9 @@ class ScriptedApp:
                 events.append((0.0, node_started))
             for t, d in zip(times, deltas, strict=True):
                 events.append((t, {**chat_base("message"), "answer": d}))
+            if self.mode != "advanced-chat":  # advanced-chat: files only in message_end
+                events.extend((lat, c) for c in message_files)
+            events.extend((lat, c) for c in extra)
             if self.mode == "advanced-chat":
                 events.append((lat, node_finished))
                 events.append((lat, wf_finished))
@@ -382,6 +614,7 @@ class ScriptedApp:
             blocking_error=blocking_error,
             conversation_id=cid,
             answer=None if failed else text,
+            files=[] if failed else files,
         )
 
     def _error_chunk(self, base: dict[str, Any], message: str) -> dict[str, Any]:

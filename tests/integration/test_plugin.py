@@ -10,13 +10,14 @@ from typing import Any
 import pytest
 import requests
 
+from endpoints.wechat.settings import DEFAULT_TEXTS
 from tests.conftest import EmulatorFactory
 from tests.emulator import WECHAT_FAILURE_TEXT, DaemonEmulator, ScriptedApp, WeChatSimulator
 
 pytestmark = pytest.mark.integration
 
 TIMEOUT_TEXT = "抱歉，这个问题我需要想得久一点，没能及时回复。请稍后再问我一次。"
-UNSUPPORTED_TEXT = "暂时只能处理文字、图片、语音、链接和位置消息，请换一种方式告诉我吧。"
+UNSUPPORTED_TEXT = DEFAULT_TEXTS["unsupported_message"]
 
 
 def plain(settings: dict[str, Any]) -> dict[str, Any]:
@@ -180,9 +181,10 @@ def test_every_message_type_and_event(
         "echo: [图片] http://mmbiz.qpic.cn/a.jpg"
     ]
     assert saw(sim.voice(u, recognition="今天天气怎么样")) == ["echo: 今天天气怎么样"]
-    assert saw(sim.voice(u)) == ["抱歉，这条语音我没听清，请发文字给我吧。"]
-    assert saw(sim.video(u)) == [UNSUPPORTED_TEXT]
-    assert saw(sim.shortvideo(u)) == [UNSUPPORTED_TEXT]
+    # No recognition and no AppSecret/speech model: the user is told what is missing.
+    assert saw(sim.voice(u)) == [DEFAULT_TEXTS["voice_unavailable_message"]]
+    assert saw(sim.video(u)) == ["echo: [视频] 用户发来一段视频"]
+    assert saw(sim.shortvideo(u)) == ["echo: [小视频] 用户发来一段视频"]
     link = saw(sim.link(u, title="标题", description="描述", url="https://example.com/a"))
     assert link == ["echo: [链接] 标题\n描述\nhttps://example.com/a"]
     location = saw(sim.location(u, label="广州塔", x=23.1, y=113.3))
@@ -193,7 +195,7 @@ def test_every_message_type_and_event(
     assert saw(sim.event(u, "unsubscribe")) == []
 
     queries = [c["query"] for c in emu.app_calls]
-    assert len(queries) == 5
+    assert len(queries) == 7
     image_call = emu.app_calls[0]
     assert image_call["inputs"]["wechat_pic_url"] == "http://mmbiz.qpic.cn/a.jpg"
     assert emu.late_calls == []

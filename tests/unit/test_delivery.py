@@ -23,6 +23,7 @@ from endpoints.wechat.delivery import (
     TextSender,
 )
 from endpoints.wechat.outbox import Delivery, Outbox, Route
+from endpoints.wechat.parts import PartKind, media_part
 from endpoints.wechat.retry_tracker import RetryTracker
 from endpoints.wechat.settings import Settings, load_settings
 from endpoints.wechat.storage import EndpointStore
@@ -167,6 +168,9 @@ class FakeSender:
             raise self._failures[attempt]
         self.sent.append((openid, content))
 
+    def send_media(self, openid: str, kind: PartKind, media_id: str) -> None:
+        self.send_text(openid, f"<{kind.value}:{media_id}>")
+
     def start_typing(self, openid: str) -> None:
         self.typing.append(openid)
 
@@ -229,6 +233,22 @@ def test_after_a_passive_first_part_the_rest_waits_a_moment(
     assert s.sender.events[0] == "sleep"  # before the first push
     assert s.sender.texts == parts[1:]
     assert result.closed and result.sent == 3
+
+
+def test_media_parts_go_out_as_media_messages_in_order() -> None:
+    s = Setup()
+    parts = ["text 1", media_part(PartKind.IMAGE, "img-1"), media_part(PartKind.VOICE, "v-1")]
+    result = s.push(parts)
+    assert s.sender.texts == ["text 1", "<image:img-1>", "<voice:v-1>"]
+    assert result.closed and result.sent == 3
+
+
+def test_the_more_hint_is_never_glued_to_a_media_part() -> None:
+    s = Setup()
+    parts = [*numbered(4), media_part(PartKind.IMAGE, "img-1"), "part 6"]
+    result = s.push(parts)
+    assert s.sender.texts[4] == "<image:img-1>"  # the fifth push: the quota ends here
+    assert not result.closed and result.route is Route.FETCH
 
 
 def test_nothing_left_to_push_just_closes() -> None:

@@ -294,10 +294,12 @@ def test_message_types() -> None:
     assert h.say(samples.event("SCAN", "1", ts=6)) is None
     assert h.say(samples.event("brand_new_event", ts=7)) is None
     assert h.say(samples.event("CLICK", "MENU_PRICE", ts=8)) == "echo: MENU_PRICE"
-    assert h.say(samples.of(samples.VOICE, msg_id=40)) == DEFAULT_TEXTS["voice_fallback_message"]
+    # No recognition, no AppSecret/speech model: the user is told what is missing.
+    voice_unavailable = DEFAULT_TEXTS["voice_unavailable_message"]
+    assert h.say(samples.of(samples.VOICE, msg_id=40)) == voice_unavailable
     assert h.say(samples.of(samples.VOICE_RECOGNIZED, msg_id=41)) == "echo: 腾讯微信团队"
-    assert h.say(samples.of(samples.VIDEO, msg_id=42)) == DEFAULT_TEXTS["unsupported_message"]
-    assert h.say(samples.of(samples.SHORTVIDEO, msg_id=43)) == DEFAULT_TEXTS["unsupported_message"]
+    assert h.say(samples.of(samples.VIDEO, msg_id=42)) == "echo: [视频] 用户发来一段视频"
+    assert h.say(samples.of(samples.SHORTVIDEO, msg_id=43)) == "echo: [小视频] 用户发来一段视频"
     assert "mmbiz.qpic.cn/pic.jpg" in (h.say(samples.of(samples.IMAGE, msg_id=44)) or "")
     assert "位置信息" in (h.say(samples.of(samples.LOCATION, msg_id=45)) or "")
     assert "https://mp.weixin.qq.com" in (h.say(samples.of(samples.LINK, msg_id=46)) or "")
@@ -305,7 +307,7 @@ def test_message_types() -> None:
     assert h.say(unknown) == DEFAULT_TEXTS["unsupported_message"]
     queries = [c["query"] for c in h.caller.calls]
     assert queries[0] == "MENU_PRICE"
-    image_inputs = h.caller.calls[2]["inputs"]
+    image_inputs = next(c["inputs"] for c in h.caller.calls if c["query"].startswith("[图片]"))
     assert image_inputs["wechat_pic_url"] == "http://mmbiz.qpic.cn/pic.jpg"
 
 

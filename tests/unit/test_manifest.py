@@ -30,7 +30,8 @@ def test_manifest_follows_the_daemon_rules() -> None:
     }
     assert manifest["meta"]["minimum_dify_version"]
     permission = manifest["resource"]["permission"]
-    assert set(permission) == {"endpoint", "app", "storage"}  # only what is used
+    assert set(permission) == {"endpoint", "app", "storage", "model"}  # only what is used
+    assert permission["model"] == {"enabled": True, "speech2text": True, "tts": True}
     assert 1024 <= permission["storage"]["size"] <= 100 * 1024 * 1024
     assert manifest["plugins"] == {"endpoints": ["group/wechat.yaml"]}
     assert (ROOT / manifest["privacy"]).read_text(encoding="utf-8").strip()
@@ -39,7 +40,12 @@ def test_manifest_follows_the_daemon_rules() -> None:
 def test_endpoints_contract() -> None:
     group = load("group/wechat.yaml")
     routes = {(load(p)["method"], load(p)["path"]) for p in group["endpoints"]}
-    assert routes == {("GET", "/wechat"), ("POST", "/wechat"), ("POST", "/wechat/worker")}
+    assert routes == {
+        ("GET", "/wechat"),
+        ("POST", "/wechat"),
+        ("POST", "/wechat/worker"),
+        ("GET", "/wechat/answer/<token>"),
+    }
     hidden = {load(p)["path"] for p in group["endpoints"] if load(p).get("hidden")}
     assert hidden == {"/wechat/worker"}
     for path in group["endpoints"]:

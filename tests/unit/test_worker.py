@@ -16,6 +16,7 @@ from endpoints.wechat.conversations import ConversationStore
 from endpoints.wechat.delivery import Router, TextSender
 from endpoints.wechat.dify_app import DifyApp
 from endpoints.wechat.outbox import Outbox, Route
+from endpoints.wechat.parts import PartKind
 from endpoints.wechat.retry_tracker import Job, JobState, LocalSignals, RetryTracker
 from endpoints.wechat.settings import load_settings
 from endpoints.wechat.storage import EndpointStore, hashed
@@ -90,6 +91,9 @@ class FakeSender:
 
     def send_text(self, openid: str, content: str) -> None:
         self.sent.append((openid, content))
+
+    def send_media(self, openid: str, kind: PartKind, media_id: str) -> None:
+        self.sent.append((openid, f"<{kind.value}:{media_id}>"))
 
     def start_typing(self, openid: str) -> None:
         self.typing.append(openid)

@@ -32,5 +32,9 @@ class CustomMessageAPI:
         """Send an uploaded image (``client.media.upload("image", …)``) to ``openid``."""
         self._send({"touser": openid, "msgtype": "image", "image": {"media_id": media_id}}, timeout)
 
+    def send_voice(self, openid: str, media_id: str, *, timeout: float | None = None) -> None:
+        """Send an uploaded voice clip (``client.media.upload("voice", …)``) to ``openid``."""
+        self._send({"touser": openid, "msgtype": "voice", "voice": {"media_id": media_id}}, timeout)
+
     def _send(self, body: dict[str, Any], timeout: float | None) -> None:
         self._client._call("POST", SEND_PATH, json=body, timeout=timeout)

@@ -7,9 +7,12 @@ coordinator decides when and how the answer reaches WeChat.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 
 from ..conversations import ConversationStore
+from ..dify_services import DifyServices
+from ..inbound_media import MediaRequest
 from ..models import InboundMessage
 from ..outbox import Outbox
 from ..settings import Settings
@@ -26,9 +29,14 @@ class Reply:
 
 @dataclass(frozen=True)
 class AskApp:
-    """Send ``query`` to the Dify app; its answer is the reply."""
+    """Send ``query`` to the Dify app; its answer is the reply. ``media`` is prepared first
+    (by the request that asks the app); ``metadata`` adds ``wechat_*`` inputs; ``spoken``
+    marks a question asked by voice (a voice reply may follow)."""
 
     query: str
+    media: MediaRequest | None = None
+    metadata: Mapping[str, str] = field(default_factory=dict)
+    spoken: bool = False
 
 
 @dataclass(frozen=True)
@@ -47,6 +55,7 @@ class HandlerContext:
     settings: Settings
     conversations: ConversationStore
     outbox: Outbox
+    services: DifyServices | None = None  # Dify besides the app call (app parameters)
 
 
 class Handler(ABC):

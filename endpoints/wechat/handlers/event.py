@@ -1,11 +1,21 @@
-"""Events: follow → welcome, unfollow → forget the user, menu click → app; the rest are
-acknowledged silently (answering a VIEW or LOCATION event would confuse the user)."""
+"""Events: follow → welcome, unfollow → forget the user, menu click → the menu map or the
+app; the rest are acknowledged silently (answering a VIEW or LOCATION event would confuse
+the user)."""
 
 from __future__ import annotations
 
+import logging
+
+from ..dify_services import app_profile
+from ..formatters import markdown_to_wechat_text
+from ..menus import MenuKind, menu_action
 from ..models import ClickEvent, EventMessage, InboundMessage, SubscribeEvent, UnsubscribeEvent
-from ..settings import ClickEventMode
+from ..settings import ClickEventMode, WelcomeMode
+from ..texts import CONVERSATION_CLEARED, HELP_TEMPLATE, WELCOME_QUERY
 from .base import SILENT, AskApp, HandlerContext, Outcome, Reply, TypeHandler
+from .commands import CLEAR_COMMANDS, HELP_COMMANDS, normalise_command
+
+logger = logging.getLogger(__name__)
 
 
 class SubscribeHandler(TypeHandler):
@@ -13,7 +23,16 @@ class SubscribeHandler(TypeHandler):
 
     def handle(self, message: InboundMessage, ctx: HandlerContext) -> Outcome:
         assert isinstance(message, SubscribeEvent)
-        welcome = ctx.settings.welcome_message
+        settings = ctx.settings
+        if settings.welcome_mode is WelcomeMode.APP:
+            # The app sees wechat_event=subscribe and wechat_qr_scene among its inputs.
+            return AskApp(WELCOME_QUERY)
+        if settings.welcome_mode is WelcomeMode.OPENING_STATEMENT and ctx.services is not None:
+            opening = app_profile(ctx.services, settings.dify_app_id).opening_statement
+            if opening:
+                return Reply(markdown_to_wechat_text(opening))
+            logger.info("The app has no opening statement; sending the welcome message")
+        welcome = settings.welcome_message
         if not welcome:
             return SILENT
         # The welcome may mention the QR scene the user came from.
@@ -34,6 +53,17 @@ class ClickHandler(TypeHandler):
 
     def handle(self, message: InboundMessage, ctx: HandlerContext) -> Outcome:
         assert isinstance(message, ClickEvent)
+        action = menu_action(message.event_key, dict(ctx.settings.menu_click_map))
+        if action is not None:
+            if action.kind is MenuKind.REPLY:
+                return Reply(action.text) if action.text else SILENT
+            command = normalise_command(action.text)
+            if command in CLEAR_COMMANDS:
+                ctx.conversations.clear(message.from_user)
+                return Reply(CONVERSATION_CLEARED)
+            if command in HELP_COMMANDS:
+                return Reply(HELP_TEMPLATE.format(keyword=ctx.settings.fetch_keyword))
+            return AskApp(action.text)
         if ctx.settings.click_event_mode is ClickEventMode.IGNORE or not message.event_key:
             return SILENT
         return AskApp(message.event_key)

@@ -1,0 +1,200 @@
+"""From a question to the parts WeChat gets: prepare media, ask the app, shape the answer.
+
+Used by whichever request asks the app — the worker, or the first delivery when there is
+no worker — so both produce the same parts:
+
+1. media the user sent becomes a file input or a transcript (:mod:`.inbound_media`);
+2. the app is asked (:mod:`.dify_app`);
+3. the answer becomes WeChat text parts (markdown rendered, split at natural boundaries),
+   images become WeChat image parts (:mod:`.outbound_media`), a voice reply may follow;
+4. an answer too long for WeChat, or with tables or pictures text cannot show, gets a
+   "阅读全文" link to a page the plugin serves (:mod:`.answer_pages`).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+from markdown_it import MarkdownIt
+
+from . import log_messages as msgs
+from .answer_pages import AnswerPages, make_token, page_key, page_url
+from .delivery import PUSH_QUOTA
+from .dify_app import AppAnswer, AppCancelled, AppError, DifyApp
+from .dify_services import DifyServices
+from .formatters import TEXT_BUDGET_BYTES, markdown_to_wechat_text, split_text, utf8_len
+from .inbound_media import MediaPreparer, MediaProblem, MediaRequest, Prepared
+from .outbound_media import MediaPublisher, hosted_images, remove_images
+from .retry_tracker import Job, JobState
+from .settings import Settings
+from .storage import EndpointStore
+from .texts import EMPTY_ANSWER, FULL_ANSWER_LINK, MORE_HINT, PUSH_MORE_HINT
+
+logger = logging.getLogger(__name__)
+
+_FEATURES = MarkdownIt("commonmark").enable("table")
+
+
+@dataclass(frozen=True)
+class Question:
+    """One message's question for the app; travels in the worker ticket."""
+
+    openid: str
+    query: str
+    metadata: dict[str, str] = field(default_factory=dict)
+    media: MediaRequest | None = None
+    spoken: bool = False  # asked by voice: a voice reply may follow
+    page_base: str = ""  # public URL of this endpoint (Dify-Hook-Url): full-answer links
+    ref: str = ""  # log-safe message reference
+
+
+def paginate(text: str, keyword: str, extra_reserve: int = 0) -> list[str]:
+    """Split a reply into WeChat-sized parts, each leaving room for a "more" hint."""
+    reserve = max(utf8_len(MORE_HINT.format(keyword=keyword)), utf8_len(PUSH_MORE_HINT))
+    return split_text(text, TEXT_BUDGET_BYTES - reserve - extra_reserve) or [EMPTY_ANSWER]
+
+
+class AnswerKit:
+    """What turning a question into parts needs besides the app call."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        store: EndpointStore,
+        endpoint_id: str,
+        services: DifyServices | None,
+        clock: Callable[[], float],
+        preparer: MediaPreparer | None = None,
+        publisher: MediaPublisher | None = None,
+    ) -> None:
+        self.settings = settings
+        self._store = store
+        self._endpoint_id = endpoint_id
+        self._services = services
+        self._clock = clock
+        self._preparer = preparer or (
+            MediaPreparer(settings, store, services) if services is not None else None
+        )
+        self._publisher = publisher or MediaPublisher(settings, store)
+
+    def prepare(self, question: Question) -> Prepared:
+        if question.media is None or self._preparer is None:
+            return Prepared(question.query)
+        return self._preparer.prepare(question.query, question.media, question.ref)
+
+    def compose(
+        self, question: Question, query: str, answer: AppAnswer, should_stop: Callable[[], bool]
+    ) -> list[str]:
+        settings = self.settings
+        source = answer.text
+        files = list(answer.files)
+        files += [f for f in hosted_images(source) if all(f.url != g.url for g in files)]
+        published = self._publisher.images(files, question.ref, should_stop)
+        source = remove_images(source, published.sent_urls)
+        for url in published.link_urls:  # files outside the text stay visible as links
+            if url not in source:
+                source += f"\n\n![图片]({url})"
+        text = markdown_to_wechat_text(source) if source.strip() else ""
+
+        link = ""
+        if text and self._wants_page(source, text):
+            link = self._page_link(question, query, source)
+        parts = paginate(text, settings.fetch_keyword, utf8_len(link)) if text else []
+        if link:
+            if len(parts) > PUSH_QUOTA:
+                parts = [parts[0] + link]  # the page holds the rest
+            else:
+                parts[-1] += link
+        if question.spoken and settings.can_speak and text and self._services is not None:
+            voice = self._publisher.voice(self._services, text, question.ref)
+            if voice:
+                parts.append(voice)
+        parts += published.parts
+        return parts or [EMPTY_ANSWER]
+
+    def _wants_page(self, source: str, text: str) -> bool:
+        settings = self.settings
+        if not settings.full_answer_link:
+            return False
+        reserve = utf8_len(MORE_HINT.format(keyword=settings.fetch_keyword))
+        if len(split_text(text, TEXT_BUDGET_BYTES - reserve)) > PUSH_QUOTA:
+            return True
+        return _has_tables_or_images(source)
+
+    def _page_link(self, question: Question, query: str, source: str) -> str:
+        if not question.page_base:
+            return ""
+        expires_at = self._clock() + self.settings.full_answer_seconds
+        try:
+            page_id = AnswerPages(self._store, self._clock).save(
+                source, title=_title(query), expires_at=expires_at
+            )
+        except Exception:
+            logger.warning(msgs.BOOKKEEPING_FAILED, exc_info=True)
+            return ""
+        token = make_token(page_key(self.settings, self._endpoint_id), page_id, int(expires_at))
+        url = page_url(question.page_base, token)
+        return FULL_ANSWER_LINK.format(url=url) if url else ""
+
+
+def _has_tables_or_images(markdown: str) -> bool:
+    for token in _FEATURES.parse(markdown):
+        if token.type == "table_open":
+            return True
+        if token.type == "inline" and any(c.type == "image" for c in token.children or []):
+            return True
+    return False
+
+
+def _title(query: str) -> str:
+    title = " ".join(query.split())
+    return title[:40] + "…" if len(title) > 40 else title
+
+
+def finish_answer(
+    job: Job,
+    question: Question,
+    app: DifyApp,
+    kit: AnswerKit,
+    should_stop: Callable[[], bool] = lambda: False,
+    on_started: Callable[[], None] = lambda: None,
+) -> tuple[Job, AppAnswer | None]:
+    """Prepare, ask the app and turn its answer (or failure) into the job's settled outcome.
+    Raises AppCancelled when ``should_stop`` said so."""
+    ref = job.key[:12]
+    settings = kit.settings
+    try:
+        prepared = kit.prepare(question)
+    except MediaProblem as problem:
+        logger.info("Message %s not sent to the app: %s", ref, problem.reason)
+        parts = paginate(problem.text, settings.fetch_keyword)
+        return replace(job, state=JobState.DONE, parts=parts, reason=problem.reason), None
+    except Exception as exc:
+        logger.exception(msgs.HANDLER_FAILED, ref)
+        return _failed(job, settings, type(exc).__name__), None
+    metadata: dict[str, Any] = {**question.metadata, **prepared.metadata}
+    try:
+        answer = app.ask(
+            prepared.query, question.openid, metadata, should_stop, on_started, prepared.files
+        )
+    except AppCancelled:
+        raise
+    except AppError as exc:
+        logger.warning(msgs.APP_FAILED, ref, "app", exc.reason)
+        return _failed(job, settings, exc.reason), None
+    except Exception as exc:
+        logger.exception(msgs.HANDLER_FAILED, ref)
+        return _failed(job, settings, type(exc).__name__), None
+    try:
+        parts = kit.compose(question, prepared.query, answer, should_stop)
+    except Exception as exc:
+        logger.exception(msgs.HANDLER_FAILED, ref)
+        return _failed(job, settings, type(exc).__name__), answer
+    return replace(job, state=JobState.DONE, parts=parts), answer
+
+
+def _failed(job: Job, settings: Settings, reason: str) -> Job:
+    return replace(job, state=JobState.FAILED, parts=[settings.error_message], reason=reason)
