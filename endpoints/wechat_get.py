@@ -10,6 +10,7 @@ from endpoints.wechat.http_adapter import to_http_request, to_response
 from endpoints.wechat.intake import (
     HttpReply,
     handle_get,
+    load_diagnostics,
     load_worker_health,
     log_internal_error,
 )
@@ -22,11 +23,13 @@ class WeChatGetEndpoint(Endpoint):
     ) -> Response:
         try:
             endpoint_id = self.session.endpoint_id or r.headers.get("Dify-Hook-Id", "")
+            loaded = load_settings(settings)
             reply = handle_get(
                 to_http_request(r),
-                load_settings(settings),
+                loaded,
                 r.headers.get("Dify-Hook-Url", ""),
                 lambda: load_worker_health(self.session.storage, endpoint_id),
+                lambda: load_diagnostics(self.session.storage, endpoint_id, loaded),
             )
         except Exception:  # never let the SDK turn an exception into a 404/500 with its text
             log_internal_error("GET")

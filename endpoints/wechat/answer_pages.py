@@ -212,16 +212,7 @@ _PAYLOAD_RE = re.compile(r"^([A-Za-z0-9_-]{16})\|([0-9]{1,12})$")
 
 def page_key(settings: Settings, endpoint_id: str) -> bytes:
     """A per-endpoint key only the endpoint's secrets give; changing them kills old links."""
-    material = "\0".join(
-        (
-            "wechat-dify-bridge/answer-page/v1",
-            endpoint_id,
-            settings.token,
-            settings.encoding_aes_key,
-            settings.app_secret,
-        )
-    )
-    return hashlib.sha256(material.encode("utf-8")).digest()
+    return settings.derived_key("wechat-dify-bridge/answer-page/v1", endpoint_id)
 
 
 def _b64(data: bytes) -> str:

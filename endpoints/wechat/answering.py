@@ -17,13 +17,15 @@ import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from typing import Any
+from urllib.parse import urlsplit
 
 from markdown_it import MarkdownIt
 
 from . import log_messages as msgs
 from .answer_pages import AnswerPages, make_token, page_key, page_url
 from .delivery import PUSH_QUOTA
-from .dify_app import AppAnswer, AppCancelled, AppError, DifyApp
+from .diagnostics import APP_ERROR, Journal
+from .dify_app import AnswerFile, AppAnswer, AppCancelled, AppError, DifyApp
 from .dify_services import DifyServices
 from .formatters import TEXT_BUDGET_BYTES, markdown_to_wechat_text, split_text, utf8_len
 from .inbound_media import MediaPreparer, MediaProblem, MediaRequest, Prepared
@@ -69,16 +71,21 @@ class AnswerKit:
         clock: Callable[[], float],
         preparer: MediaPreparer | None = None,
         publisher: MediaPublisher | None = None,
+        journal: Journal | None = None,
     ) -> None:
         self.settings = settings
         self._store = store
         self._endpoint_id = endpoint_id
         self._services = services
         self._clock = clock
+        #: Where failures and app errors are noted for the status page (no-op without).
+        self.journal = journal or Journal(None)
         self._preparer = preparer or (
-            MediaPreparer(settings, store, services) if services is not None else None
+            MediaPreparer(settings, store, services, journal=self.journal)
+            if services is not None
+            else None
         )
-        self._publisher = publisher or MediaPublisher(settings, store)
+        self._publisher = publisher or MediaPublisher(settings, store, journal=self.journal)
 
     def prepare(self, question: Question) -> Prepared:
         if question.media is None or self._preparer is None:
@@ -90,25 +97,35 @@ class AnswerKit:
     ) -> list[str]:
         settings = self.settings
         source = answer.text
-        files = list(answer.files)
-        files += [f for f in hosted_images(source) if all(f.url != g.url for g in files)]
-        published = self._publisher.images(files, question.ref, should_stop)
+        files = {f.url: f for f in answer.files}
+        # Markdown images are fetched only from hosts that serve Dify's files: the hosts of
+        # the files the app returned, and Dify's own public host. An answer (prompt
+        # injection included) cannot make the plugin fetch from anywhere else.
+        trusted = {urlsplit(u).hostname or "" for u in [*files, question.page_base]} - {""}
+        for image in hosted_images(source, trusted):
+            files.setdefault(image.url, image)
+        published = self._publisher.images(list(files.values()), question.ref, should_stop)
         source = remove_images(source, published.sent_urls)
-        for url in published.link_urls:  # files outside the text stay visible as links
-            if url not in source:
-                source += f"\n\n![图片]({url})"
+        for file in published.links:  # files outside the text stay visible as links
+            if file.url not in source:
+                source += "\n\n" + _markdown_link(file)
         text = markdown_to_wechat_text(source) if source.strip() else ""
 
         link = ""
         if text and self._wants_page(source, text):
-            link = self._page_link(question, query, source)
+            # The page shows the answer as the app wrote it, pictures and files included.
+            page = answer.text + "".join(
+                "\n\n" + _markdown_link(f) for f in files.values() if f.url not in answer.text
+            )
+            link = self._page_link(question, query, page)
         parts = paginate(text, settings.fetch_keyword, utf8_len(link)) if text else []
         if link:
             if len(parts) > PUSH_QUOTA:
                 parts = [parts[0] + link]  # the page holds the rest
             else:
                 parts[-1] += link
-        if question.spoken and settings.can_speak and text and self._services is not None:
+        speak = question.spoken and settings.can_speak and not should_stop()
+        if speak and text and self._services is not None:
             voice = self._publisher.voice(self._services, text, question.ref)
             if voice:
                 parts.append(voice)
@@ -125,7 +142,7 @@ class AnswerKit:
         return _has_tables_or_images(source)
 
     def _page_link(self, question: Question, query: str, source: str) -> str:
-        if not question.page_base:
+        if not question.page_base or page_url(question.page_base, "-") is None:
             return ""
         expires_at = self._clock() + self.settings.full_answer_seconds
         try:
@@ -138,6 +155,12 @@ class AnswerKit:
         token = make_token(page_key(self.settings, self._endpoint_id), page_id, int(expires_at))
         url = page_url(question.page_base, token)
         return FULL_ANSWER_LINK.format(url=url) if url else ""
+
+
+def _markdown_link(file: AnswerFile) -> str:
+    if file.kind == "image" or file.mimetype.startswith("image/"):
+        return f"![{file.name or '图片'}]({file.url})"
+    return f"[{file.name or '文件'}]({file.url})"
 
 
 def _has_tables_or_images(markdown: str) -> bool:
@@ -174,7 +197,7 @@ def finish_answer(
         return replace(job, state=JobState.DONE, parts=parts, reason=problem.reason), None
     except Exception as exc:
         logger.exception(msgs.HANDLER_FAILED, ref)
-        return _failed(job, settings, type(exc).__name__), None
+        return _failed(job, kit, type(exc).__name__), None
     metadata: dict[str, Any] = {**question.metadata, **prepared.metadata}
     try:
         answer = app.ask(
@@ -184,17 +207,22 @@ def finish_answer(
         raise
     except AppError as exc:
         logger.warning(msgs.APP_FAILED, ref, "app", exc.reason)
-        return _failed(job, settings, exc.reason), None
+        return _failed(job, kit, exc.reason, APP_ERROR), None
     except Exception as exc:
         logger.exception(msgs.HANDLER_FAILED, ref)
-        return _failed(job, settings, type(exc).__name__), None
+        return _failed(job, kit, type(exc).__name__), None
     try:
         parts = kit.compose(question, prepared.query, answer, should_stop)
     except Exception as exc:
         logger.exception(msgs.HANDLER_FAILED, ref)
-        return _failed(job, settings, type(exc).__name__), answer
+        return _failed(job, kit, type(exc).__name__), answer
     return replace(job, state=JobState.DONE, parts=parts), answer
 
 
-def _failed(job: Job, settings: Settings, reason: str) -> Job:
+def _failed(job: Job, kit: AnswerKit, reason: str, code: str = "") -> Job:
+    """The user gets the error message; the journal notes why (an app error's reason, or
+    the exception's type as the code — never content)."""
+    kit.journal.record_error("dify-app", code or reason, reason if code else "")
+    kit.journal.count("app_error")
+    settings = kit.settings
     return replace(job, state=JobState.FAILED, parts=[settings.error_message], reason=reason)

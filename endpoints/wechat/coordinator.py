@@ -22,14 +22,15 @@ from . import timing
 from .answering import AnswerKit, Question, finish_answer, paginate
 from .concurrency import run_side_by_side, start_background
 from .delivery import Router
+from .diagnostics import WORKER_ERROR, Journal
 from .dify_app import AppCancelled, DifyApp
 from .factory import handler_for
 from .formatters import TEXT_BUDGET_BYTES, utf8_len
 from .handlers.base import AskApp, FetchNext, HandlerContext, Reply
 from .models import InboundMessage
 from .outbox import Outbox, Route
-from .parts import Part, read_part
-from .retry_tracker import Job, RetryTracker
+from .parts import Part, is_text, read_part
+from .retry_tracker import Job, JobState, RetryTracker
 from .settings import Settings
 from .storage import hashed
 from .texts import ANSWER_EXPIRED, MORE_HINT, PUSH_MORE_HINT, UNREAD_HINT
@@ -87,8 +88,10 @@ class Coordinator:
         router: Router | None = None,
         kit: AnswerKit | None = None,
         page_base: str = "",
+        journal: Journal | None = None,
     ) -> None:
         self._ctx = ctx
+        self._journal = journal or Journal(None)
         self._tracker = tracker
         self._app = app
         self._kit = kit
@@ -170,6 +173,7 @@ class Coordinator:
             if call.failure is not None and not call.started:
                 worker, reason = self._worker, call.failure
                 self._bookkeep(lambda: worker.failed(reason))
+                self._journal.record_error("worker", WORKER_ERROR, reason)
                 inline = replace(job, lease_until=arrived_at + timing.STORE_GUARD)
                 self._tracker.store(inline)
                 return inline
@@ -256,6 +260,8 @@ class Coordinator:
                 if handed is not None and handed.sent == 0:
                     # An earlier delivery handed off: the answer goes that way, only once.
                     return Decision(Action.REPLY, self._waiting_text(handed.route))
+            if settled.owner != "instant" and settled.state is JobState.DONE and settled.parts:
+                self._journal.count("passive")  # an app's answer, replied passively
             return self._reply_from(settled, message)
         if settled.is_lost(self._clock()):
             # The work that owned this message ended without an answer; it will not come.
@@ -283,6 +289,7 @@ class Coordinator:
             logger.warning(msgs.BOOKKEEPING_FAILED, exc_info=True)
             return Decision(Action.REPLY, self._waiting_text(route))
         logger.info(msgs.HANDED_OFF, _short(message), delivery.route.value)
+        self._journal.count("handed_off")
         return Decision(Action.REPLY, self._waiting_text(delivery.route))
 
     def _waiting_text(self, route: Route) -> str:
@@ -306,7 +313,9 @@ class Coordinator:
             except Exception:  # the first part still goes out; the rest cannot follow
                 logger.warning(msgs.BOOKKEEPING_FAILED, exc_info=True)
             else:
-                hint = self._more_hint(delivery.route)
+                media_only = not any(is_text(p) for p in job.parts[1:])
+                if not (media_only and delivery.route is Route.PUSH):  # a picture needs no
+                    hint = self._more_hint(delivery.route)  # "more is coming" warning
         decision = part_decision(job.parts[0], hint)
         if job.worker and decision.media is None:
             decision = replace(
@@ -367,6 +376,7 @@ class Coordinator:
             target = self._wait(target, arrived_at + timing.DELIVERY_DEADLINE)
         if target is None or target.is_lost(self._clock()):
             self._outbox.close(head)
+            self._journal.count("expired")
             return reply(ANSWER_EXPIRED)
         if not target.is_settled():
             if arrived_at - first_arrival >= timing.LAST_DELIVERY_AFTER:  # the last one
@@ -378,11 +388,13 @@ class Coordinator:
             return RETRY
         if head.sent >= len(target.parts):
             self._outbox.close(head)
+            self._journal.count("expired")
             return reply(ANSWER_EXPIRED)
         text = target.parts[head.sent]
         moved = self._outbox.advance(head, head.sent + 1, len(target.parts))
         if (not moved.closed or len(fetchable) > 1) and read_part(text).is_text:
             text += MORE_HINT.format(keyword=self._settings.fetch_keyword)
+        self._journal.count("fetched")
         return reply(text)
 
     # --- inline work -----------------------------------------------------------------------

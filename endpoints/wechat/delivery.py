@@ -23,6 +23,7 @@ from typing import Protocol
 
 from . import timing
 from .api import TransportError, Unauthorized, WeChatClient, WeChatError
+from .diagnostics import Journal
 from .outbox import Delivery, Outbox, Route
 from .parts import PartKind, read_part
 from .settings import DeliveryMode, Settings
@@ -144,12 +145,14 @@ class Pusher:
         router: Router,
         sender: TextSender,
         sleep: Callable[[float], None] = time.sleep,
+        journal: Journal | None = None,
     ) -> None:
         self._settings = settings
         self._outbox = outbox
         self._router = router
         self._sender = sender
         self._sleep = sleep
+        self._journal = journal or Journal(None)
 
     def push(self, delivery: Delivery, parts: list[str], openid: str, ref: str) -> Delivery:
         start = delivery.sent
@@ -176,6 +179,7 @@ class Pusher:
                     "keyword; set delivery_mode to fetch to stop trying.",
                     exc.errcode,
                 )
+                self._journal.record_wechat(exc)
                 self._router.block_push()
                 return self._outbox.switch_to_fetch(delivery, announced=False)
             except (TransportError, WeChatError) as exc:
@@ -186,10 +190,13 @@ class Pusher:
                     ref,
                     _describe(exc),
                 )
+                self._journal.record_wechat(exc)
                 return self._outbox.switch_to_fetch(delivery, announced=False)
-            except Exception:
+            except Exception as exc:
                 logger.exception("Pushing part %d of message %s failed", index + 1, ref)
+                self._journal.record_error("delivery", type(exc).__name__, "")
                 return self._outbox.switch_to_fetch(delivery, announced=False)
+            self._journal.count("pushed")
             delivery = self._outbox.advance(delivery, index + 1, len(parts))
         logger.info("Pushed %d part(s) of message %s", end - start, ref)
         if end < len(parts):

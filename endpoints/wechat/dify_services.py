@@ -64,7 +64,9 @@ class SessionServices:
 
     def fetch_app(self, app_id: str) -> Mapping[str, Any]:
         answer = self._session.app.fetch_app(app_id)
-        return answer if isinstance(answer, Mapping) else {}
+        if not isinstance(answer, Mapping):
+            raise ValueError("fetch_app answered something other than the app's parameters")
+        return answer
 
 
 class FileInput(StrEnum):

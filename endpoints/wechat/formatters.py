@@ -779,8 +779,9 @@ def _line_boundaries(
                 chunk = index + 1
             elif index == last_line or kinds[index + 1] == _BLANK:
                 chunk_fits[chunk : index + 1] = [whole or fits(chunk, index)] * (index + 1 - chunk)
-    # Table rows render as a run of top-level "Header：value" lines: take any run of
-    # top-level lines mostly made of those for one.
+    # Other blocks: a table row renders as a run of top-level "Header：value" lines (take
+    # any run of top-level lines mostly made of those for one); in a list item, a run of
+    # lines after a blank line is a paragraph or code written unindented in the markdown.
     block = [-1] * count
     blocks: list[tuple[int, bool]] = []  # first line, fits
     index = 0
@@ -816,9 +817,8 @@ def _line_boundaries(
                 return item_rank
             return item_rank - 1
         if kinds[before] == _HEADING:
-            keep = (code[after] != -1 and code_spans[code[after]][0] == after) and code_fits[
-                code[after]
-            ]
+            unit = code[after]
+            keep = unit != -1 and code_spans[unit][0] == after and code_fits[unit]
             keep = keep or (block[after] != -1 and blocks[block[after]] == (after, True))
             return _RANK_HEADING_KEEP if keep else _RANK_AFTER_HEADING
         if kinds[after] == _HEADING:

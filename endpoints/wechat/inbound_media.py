@@ -25,6 +25,7 @@ import requests
 
 from . import audio
 from .api import WeChatClient, WeChatError
+from .diagnostics import Journal
 from .dify_services import DifyServices, FileInput, app_profile
 from .settings import Settings
 from .storage import EndpointStore
@@ -120,11 +121,13 @@ class MediaPreparer:
         store: EndpointStore,
         services: DifyServices,
         fetch: Callable[[str, int], Download] = fetch_url,
+        journal: Journal | None = None,
     ) -> None:
         self._settings = settings
         self._store = store
         self._services = services
         self._fetch = fetch
+        self._journal = journal or Journal(None)
 
     def prepare(self, query: str, media: MediaRequest | None, ref: str) -> Prepared:
         if media is None:
@@ -146,6 +149,7 @@ class MediaPreparer:
         except TooLarge:
             raise MediaProblem(settings.voice_fallback_message, "voice too large") from None
         except Exception as exc:
+            self._journal.record_wechat(exc)
             raise MediaProblem(
                 settings.voice_fallback_message, f"voice download failed ({_describe(exc)})"
             ) from None
@@ -194,6 +198,7 @@ class MediaPreparer:
                 ref,
                 _describe(exc),
             )
+            self._journal.record_wechat(exc)
             return {}
         if downloaded is None:
             return {}
@@ -216,13 +221,14 @@ class MediaPreparer:
         if media.kind == "image":
             if self._settings.app_secret and media.media_id:
                 try:
-                    return self._download(media.media_id)
+                    return self._download(media.media_id, kind="image")
                 except TooLarge:
                     raise
                 except Exception as exc:  # PicUrl may still work
                     if not media.url:
                         raise
                     logger.info("Media API download failed (%s); trying PicUrl", _describe(exc))
+                    self._journal.record_wechat(exc)
             return self._fetch(media.url, MAX_BYTES["image"]) if media.url else None
         if not (self._settings.app_secret and media.media_id):
             return None  # a video can only be fetched through the media API

@@ -20,6 +20,7 @@ from .conversations import ConversationStore
 from .coordinator import Action, Coordinator, Decision
 from .crypto import CryptoError, MessageCrypto, signature_matches, timestamp_is_fresh
 from .delivery import Router, TextSender
+from .diagnostics import Diagnostics, Journal, key_matches
 from .dify_app import AppCaller, DifyApp
 from .dify_services import DifyServices
 from .formatters import SUCCESS_BODY, image_reply_xml, text_reply_xml, voice_reply_xml
@@ -114,13 +115,16 @@ def handle_get(
     settings: Settings,
     endpoint_url: str,
     health: Callable[[], WorkerHealth | None] = lambda: None,
+    diagnostics: Callable[[], Diagnostics | None] = lambda: None,
 ) -> HttpReply:
     if not any(name in request.query for name in _WECHAT_GET_PARAMS):
         try:
             worker_health = health()
         except Exception:
             worker_health = None
-        return HttpReply(200, render_status_page(settings, endpoint_url, worker_health), HTML)
+        found = _diagnostics(request, settings, diagnostics)
+        page = render_status_page(settings, endpoint_url, worker_health, found)
+        return HttpReply(200, page, HTML)
     signature = request.query.get("signature", "")
     timestamp = request.query.get("timestamp", "")
     nonce = request.query.get("nonce", "")
@@ -133,6 +137,20 @@ def handle_get(
     if not signature_matches(signature, settings.token, timestamp, nonce):
         return _refuse("GET", 403, "signature mismatch (is the Token the same as in the console?)")
     return HttpReply(200, echostr, TEXT)
+
+
+def _diagnostics(
+    request: HttpRequest, settings: Settings, load: Callable[[], Diagnostics | None]
+) -> Diagnostics | None:
+    """The diagnostics, only for the right ``?key=``; a wrong key is treated exactly like
+    none (nothing is read, nothing is logged, the page is the same)."""
+    if not key_matches(request.query.get("key", ""), settings.token):
+        return None
+    try:
+        return load()
+    except Exception:
+        logger.debug("Loading the diagnostics failed", exc_info=True)
+        return None
 
 
 def _refuse(method: str, status: int, reason: str) -> HttpReply:
@@ -161,6 +179,7 @@ def handle_post(request: HttpRequest, settings: Settings, runtime: Runtime) -> H
     message = verified.message
     logger.debug(msgs.MESSAGE_RECEIVED, message.msg_type, message.dedupe_key)
     store = EndpointStore(runtime.storage, runtime.endpoint_id)
+    journal = _journal(store, settings, runtime.clock)
     try:
         # In encrypted modes msg_signature covers the body, so a replay carries the same
         # message and is caught by deduplication; only plain mode needs the replay guard.
@@ -188,8 +207,9 @@ def handle_post(request: HttpRequest, settings: Settings, runtime: Runtime) -> H
             runtime.clock,
             worker=launcher,
             router=router,
-            kit=_answer_kit(store, settings, runtime),
+            kit=_answer_kit(store, settings, runtime, journal),
             page_base=header(request.headers, "Dify-Hook-Url"),
+            journal=journal,
         )
         decision = coordinator.process(message, arrived_at)
     except Exception:
@@ -197,6 +217,12 @@ def handle_post(request: HttpRequest, settings: Settings, runtime: Runtime) -> H
         # "该公众号暂时无法提供服务"; the log gets the trace (no content, no secrets).
         logger.exception(msgs.HANDLER_FAILED, message.msg_type)
         decision = Decision(Action.REPLY, settings.error_message)
+    # The reply is decided: write the journal now if it is due and time is to spare (never
+    # for RETRY, which returns at the deadline, nor for a late hand-off).
+    if decision.action is not Action.RETRY and (
+        runtime.clock() - arrived_at < timing.DELIVERY_DEADLINE / 2
+    ):
+        journal.flush_if_due()
     return _render(decision, verified, settings, runtime.clock, arrived_at)
 
 
@@ -218,8 +244,20 @@ def _state(
     return tracker, outbox, app
 
 
-def _answer_kit(store: EndpointStore, settings: Settings, runtime: Runtime) -> AnswerKit:
-    return AnswerKit(settings, store, runtime.endpoint_id, runtime.services, runtime.clock)
+def _answer_kit(
+    store: EndpointStore, settings: Settings, runtime: Runtime, journal: Journal | None = None
+) -> AnswerKit:
+    return AnswerKit(
+        settings, store, runtime.endpoint_id, runtime.services, runtime.clock, journal=journal
+    )
+
+
+def _journal(
+    store: EndpointStore, settings: Settings, clock: Callable[[], float] = time.time
+) -> Journal:
+    """The request's journal; the endpoint's secrets are masked in whatever it keeps."""
+    secrets = (settings.token, settings.encoding_aes_key, settings.app_secret)
+    return Journal(store, clock, redact=secrets)
 
 
 # --- POST /wechat/worker: background work ----------------------------------------------------
@@ -228,6 +266,7 @@ def _answer_kit(store: EndpointStore, settings: Settings, runtime: Runtime) -> A
 def handle_worker(request: HttpRequest, settings: Settings, runtime: Runtime) -> HttpReply:
     store = EndpointStore(runtime.storage, runtime.endpoint_id)
     tracker, outbox, app = _state(store, settings, runtime)
+    journal = _journal(store, settings, runtime.clock)
     ctx = WorkerContext(
         settings=settings,
         endpoint_id=runtime.endpoint_id,
@@ -238,7 +277,8 @@ def handle_worker(request: HttpRequest, settings: Settings, runtime: Runtime) ->
         router=Router(settings, store, runtime.endpoint_id, runtime.clock),
         clock=runtime.clock,
         sender_factory=runtime.sender_factory,
-        kit=_answer_kit(store, settings, runtime),
+        kit=_answer_kit(store, settings, runtime, journal),
+        journal=journal,
     )
     checked = check_ticket(dict(request.headers), request.body, ctx)
     if isinstance(checked, WorkerRefusal):
@@ -252,6 +292,14 @@ def load_worker_health(storage: KeyValueStore, endpoint_id: str) -> WorkerHealth
     """What the status page says about the worker: this process's memory first."""
     recent = HEALTH.recently_failed(endpoint_id, time.time())
     return recent or load_health(EndpointStore(storage, endpoint_id))
+
+
+def load_diagnostics(
+    storage: KeyValueStore, endpoint_id: str, settings: Settings
+) -> Diagnostics | None:
+    """The diagnostics section's data (only called for the right key): this process's
+    pending entries are written first, so the page includes them."""
+    return _journal(EndpointStore(storage, endpoint_id), settings).report()
 
 
 def _verify_and_parse(

@@ -18,6 +18,7 @@ from urllib.parse import parse_qs, urlsplit
 
 from . import audio
 from .api import WeChatClient
+from .diagnostics import Journal
 from .dify_app import AnswerFile
 from .dify_services import DifyServices
 from .inbound_media import MEDIA_TIMEOUT, Download, TooLarge, fetch_url, sniff_image
@@ -46,12 +47,12 @@ def is_dify_file_url(url: str) -> bool:
     return "sign" in parse_qs(parts.query)
 
 
-def hosted_images(markdown: str) -> list[AnswerFile]:
-    """Markdown images in the answer that point at files Dify hosts."""
+def hosted_images(markdown: str, hosts: set[str]) -> list[AnswerFile]:
+    """Markdown images in the answer that point at files Dify hosts on one of ``hosts``."""
     return [
         AnswerFile(url=m.group(2), kind="image", name=m.group(1))
         for m in _MARKDOWN_IMAGE.finditer(markdown)
-        if is_dify_file_url(m.group(2))
+        if is_dify_file_url(m.group(2)) and urlsplit(m.group(2)).hostname in hosts
     ]
 
 
@@ -64,7 +65,7 @@ def remove_images(markdown: str, urls: set[str]) -> str:
 class Published:
     parts: list[str]  # media parts, in answer order
     sent_urls: set[str]  # files that became WeChat media
-    link_urls: list[str]  # files that must stay links in the text
+    links: list[AnswerFile]  # files that must stay links in the text
 
 
 class MediaPublisher:
@@ -73,10 +74,12 @@ class MediaPublisher:
         settings: Settings,
         store: EndpointStore,
         fetch: Callable[[str, int], Download] = fetch_url,
+        journal: Journal | None = None,
     ) -> None:
         self._settings = settings
         self._store = store
         self._fetch = fetch
+        self._journal = journal or Journal(None)
 
     def _client(self) -> WeChatClient:
         s = self._settings
@@ -85,29 +88,28 @@ class MediaPublisher:
     def images(
         self, files: list[AnswerFile], ref: str, should_stop: Callable[[], bool]
     ) -> Published:
-        images = [f for f in files if f.kind == "image" or f.mimetype.startswith("image/")]
-        if not images:
-            return Published([], set(), [])
-        usable = [f for f in images if urlsplit(f.url).scheme in ("http", "https")]
-        if len(usable) < len(images):
+        """Images become WeChat image parts where possible; every other file (and every
+        image that cannot be sent) stays a link."""
+        usable = [f for f in files if urlsplit(f.url).scheme in ("http", "https")]
+        if len(usable) < len(files):
             logger.warning(
                 "The app returned %d file(s) with a relative URL; set FILES_URL in Dify so "
                 "files have public URLs",
-                len(images) - len(usable),
+                len(files) - len(usable),
             )
-        if not self._settings.app_secret:
-            return Published([], set(), [f.url for f in usable])
+        images = [f for f in usable if f.kind == "image" or f.mimetype.startswith("image/")]
         parts: list[str] = []
         sent: set[str] = set()
-        with self._client() as client:
-            for file in usable[:MAX_IMAGES]:
-                if should_stop():
-                    break
-                media_id = self._upload_image(client, file, ref)
-                if media_id:
-                    parts.append(media_part(PartKind.IMAGE, media_id))
-                    sent.add(file.url)
-        return Published(parts, sent, [f.url for f in usable if f.url not in sent])
+        if images and self._settings.app_secret:
+            with self._client() as client:
+                for file in images[:MAX_IMAGES]:
+                    if should_stop():
+                        break
+                    media_id = self._upload_image(client, file, ref)
+                    if media_id:
+                        parts.append(media_part(PartKind.IMAGE, media_id))
+                        sent.add(file.url)
+        return Published(parts, sent, [f for f in usable if f.url not in sent])
 
     def _upload_image(self, client: WeChatClient, file: AnswerFile, ref: str) -> str | None:
         try:
@@ -138,6 +140,7 @@ class MediaPublisher:
             logger.warning(
                 "Uploading an image of message %s to WeChat failed (%s)", ref, _name(exc)
             )
+            self._journal.record_wechat(exc)
             return None
         return uploaded.media_id
 
@@ -156,6 +159,7 @@ class MediaPublisher:
                 )
         except Exception as exc:
             logger.warning("The voice reply to message %s failed (%s)", ref, _name(exc))
+            self._journal.record_wechat(exc)
             return None
         return media_part(PartKind.VOICE, uploaded.media_id)
 

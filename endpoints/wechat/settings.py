@@ -7,6 +7,7 @@ a problem's text.
 
 from __future__ import annotations
 
+import hashlib
 import ipaddress
 import re
 from collections.abc import Mapping
@@ -130,6 +131,14 @@ class Settings:
     def answer_retention_seconds(self) -> float:
         return self.answer_retention_hours * 3600.0
 
+    def derived_key(self, label: str, endpoint_id: str) -> bytes:
+        """A key for ``label`` that only this endpoint's secrets give; it changes when
+        they do."""
+        material = "\0".join(
+            (label, endpoint_id, self.token, self.encoding_aes_key, self.app_secret)
+        )
+        return hashlib.sha256(material.encode("utf-8")).digest()
+
     @property
     def full_answer_seconds(self) -> float:
         return self.full_answer_days * 86400.0
@@ -161,6 +170,23 @@ def _number(
     except (ValueError, OverflowError):
         return None
     return value if low <= value <= high else None
+
+
+def _choice[E: StrEnum](
+    raw: Mapping[str, Any],
+    name: str,
+    default: E,
+    problems: list[SettingProblem],
+    message_en: str,
+    message_zh: str,
+) -> E:
+    """A select setting; an unknown value falls back to ``default`` and is reported."""
+    text = _text(raw, name) or default.value
+    try:
+        return type(default)(text)
+    except ValueError:
+        problems.append(SettingProblem(name, message_en, message_zh))
+        return default
 
 
 def _flag(raw: Mapping[str, Any], name: str, default: bool) -> bool:
@@ -316,18 +342,14 @@ def load_settings(raw: Mapping[str, Any]) -> Settings:
             )
         )
 
-    delivery_text = _text(raw, "delivery_mode", DeliveryMode.AUTO.value)
-    try:
-        delivery_mode = DeliveryMode(delivery_text or DeliveryMode.AUTO.value)
-    except ValueError:
-        delivery_mode = DeliveryMode.AUTO
-        problems.append(
-            SettingProblem(
-                "delivery_mode",
-                "The delivery mode must be auto, push or fetch; using auto.",
-                "送达方式必须是 auto、push 或 fetch，已使用 auto。",
-            )
-        )
+    delivery_mode = _choice(
+        raw,
+        "delivery_mode",
+        DeliveryMode.AUTO,
+        problems,
+        "The delivery mode must be auto, push or fetch; using auto.",
+        "送达方式必须是 auto、push 或 fetch，已使用 auto。",
+    )
     if delivery_mode is DeliveryMode.PUSH and not _text(raw, "app_secret"):
         problems.append(
             SettingProblem(
@@ -387,18 +409,14 @@ def load_settings(raw: Mapping[str, Any]) -> Settings:
             )
         )
 
-    welcome_text = _text(raw, "welcome_mode", WelcomeMode.TEXT.value)
-    try:
-        welcome_mode = WelcomeMode(welcome_text or WelcomeMode.TEXT.value)
-    except ValueError:
-        welcome_mode = WelcomeMode.TEXT
-        problems.append(
-            SettingProblem(
-                "welcome_mode",
-                "The welcome mode must be text, app or opening_statement; using text.",
-                "关注欢迎方式必须是 text、app 或 opening_statement，已使用 text。",
-            )
-        )
+    welcome_mode = _choice(
+        raw,
+        "welcome_mode",
+        WelcomeMode.TEXT,
+        problems,
+        "The welcome mode must be text, app or opening_statement; using text.",
+        "关注欢迎方式必须是 text、app 或 opening_statement，已使用 text。",
+    )
 
     stt_model = _model(raw, "speech_to_text_model")
     if stt_model and not _text(raw, "app_secret"):

@@ -3,10 +3,12 @@ where in the WeChat console. It shows which settings are set, never their values
 
 from __future__ import annotations
 
+import time
 from html import escape
 from urllib.parse import urlsplit, urlunsplit
 
 from . import audio
+from .diagnostics import COUNTERS, Diagnostics, JournalEntry, explain
 from .settings import DeliveryMode, Settings
 from .worker_link import WorkerHealth
 
@@ -115,8 +117,106 @@ def _media_rows(settings: Settings) -> str:
     return "".join(rows)
 
 
+_COUNTER_LEGEND = (
+    ("passive", "app answers replied within WeChat's window", "窗口内被动回复的答案"),
+    ("pushed", "parts sent as customer-service messages", "以客服消息推送的部分"),
+    ("fetched", "parts fetched with the keyword", "通过关键词获取的部分"),
+    ("expired", "fetches whose answer was gone", "答案已过期的获取"),
+    ("handed_off", "answers that continued after the window", "超过窗口后转交的答案"),
+    ("app_error", "the app failed", "应用调用失败"),
+)
+
+
+def _utc(at: float) -> str:
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(at))
+
+
+def _cells(values: list[str], tag: str = "td") -> str:
+    return "<tr>" + "".join(f"<{tag}>{escape(v)}</{tag}>" for v in values) + "</tr>"
+
+
+def _diag_worker(health: WorkerHealth | None, diagnostics: Diagnostics) -> str:
+    """Reachability now, and the last failure with its reason and time (the health record
+    only keeps the latest state; the journal keeps earlier failures)."""
+    if health is None:
+        now = _row(None, "worker", "No worker call recorded yet.", "尚无后台任务调用记录。")
+    elif health.ok:
+        now = _row(
+            True,
+            "worker",
+            f"Reachable (last checked {_utc(health.at)} UTC).",
+            f"可以访问（最近检查：{_utc(health.at)} UTC）。",
+        )
+    else:
+        now = _row(
+            False,
+            "worker",
+            f"Unreachable since {_utc(health.at)} UTC: {health.reason}.",
+            f"自 {_utc(health.at)} UTC 起无法访问：{health.reason}。",
+        )
+    failure = diagnostics.last_worker_failure()
+    if health is not None and not health.ok and (failure is None or failure.at < health.at):
+        at, reason = health.at, health.reason
+    elif failure is not None:
+        at, reason = failure.at, failure.detail
+    else:
+        return now + _row(True, "worker", "No failure recorded.", "没有失败记录。")
+    return now + _row(
+        False if health is not None and not health.ok else None,
+        "worker",
+        f"Last failure: {_utc(at)} UTC — {reason}.",
+        f"最近一次失败：{_utc(at)} UTC — {reason}。",
+    )
+
+
+def _diag_counters(diagnostics: Diagnostics) -> str:
+    header = _cells(["Day (UTC) / 日期", *COUNTERS], "th")
+    rows = [
+        _cells([f"{day[:4]}-{day[4:6]}-{day[6:]}", *(str(counts.get(n, 0)) for n in COUNTERS)])
+        for day, counts in diagnostics.days
+    ]
+    totals = diagnostics.totals()
+    rows.append(_cells([f"{len(diagnostics.days)} days / 天", *(str(totals[n]) for n in COUNTERS)]))
+    legend = "; ".join(f"{name}: {en} / {zh}" for name, en, zh in _COUNTER_LEGEND)
+    return f"<table>{header}{''.join(rows)}</table>\n<p class=zh>{escape(legend)}</p>\n"
+
+
+def _diag_error(entry: JournalEntry) -> str:
+    en, zh = explain(entry.code, entry.ip, entry.detail)
+    return (
+        f"<tr><td>{escape(_utc(entry.at))}</td><td>{escape(entry.source)}</td>"
+        f"<td><code>{escape(str(entry.code))}</code></td>"
+        f"<td>{escape(en)}<br><span class=zh>{escape(zh)}</span></td>"
+        f"<td><code>{escape(entry.detail)}</code></td></tr>"
+    )
+
+
+def _diagnostics_section(health: WorkerHealth | None, diagnostics: Diagnostics | None) -> str:
+    """Only for the right key (see intake); empty otherwise, so the page is unchanged."""
+    if diagnostics is None:
+        return ""
+    if diagnostics.errors:
+        header = _cells(
+            ["Time (UTC)", "Source / 来源", "Code", "Explanation / 说明", "Detail"], "th"
+        )
+        errors = f"<table>{header}{''.join(_diag_error(e) for e in diagnostics.errors)}</table>"
+    else:
+        errors = "<p>No errors recorded. / 暂无错误记录。</p>"
+    return (
+        "<h2>Diagnostics / 诊断</h2>\n"
+        "<p class=zh>Times are UTC. Counts are approximate: processes writing at the same "
+        "moment may lose an increment. / 时间为 UTC；计数为近似值。</p>\n"
+        f"<h3>Worker / 后台任务</h3>\n<table>{_diag_worker(health, diagnostics)}</table>\n"
+        f"<h3>Deliveries / 投递计数</h3>\n{_diag_counters(diagnostics)}"
+        f"<h3>Last errors / 最近错误</h3>\n{errors}\n"
+    )
+
+
 def render_status_page(
-    settings: Settings, endpoint_url: str, health: WorkerHealth | None = None
+    settings: Settings,
+    endpoint_url: str,
+    health: WorkerHealth | None = None,
+    diagnostics: Diagnostics | None = None,
 ) -> str:
     url = public_endpoint_url(endpoint_url)
     problems = {p.setting: p for p in settings.problems}
@@ -197,5 +297,5 @@ vertical-align:top}}code{{background:#f4f4f4;padding:0 .3em;border-radius:3px}}
 </ol>
 <p class=zh>If WeChat says 「该公众号暂时无法提供服务」,
 see the README's troubleshooting section.</p>
-</body></html>
+{_diagnostics_section(health, diagnostics)}</body></html>
 """

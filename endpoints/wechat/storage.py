@@ -54,9 +54,11 @@ class EndpointStore:
         try:
             raw = self._backend.get(key)
         except Exception:  # a missing key raises by design: not worth a warning
-            if strict and self._backend.exist(key):
-                raise
-            return None
+            if not (strict and self._backend.exist(key)):
+                return None
+            # It exists: either it was written just now (another request created it
+            # between the two calls) or reading failed. One more read tells them apart.
+            raw = self._backend.get(key)
         if not raw:
             return None
         try:

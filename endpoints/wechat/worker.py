@@ -30,6 +30,7 @@ from . import timing
 from .answering import AnswerKit, finish_answer
 from .concurrency import run_side_by_side, start_background
 from .delivery import Pusher, Router, TextSender, WeChatSender
+from .diagnostics import Journal
 from .dify_app import AppAnswer, DifyApp
 from .outbox import Delivery, Outbox, Route
 from .retry_tracker import Job, JobState, RetryTracker
@@ -59,10 +60,14 @@ class WorkerContext:
     sleep: Callable[[float], None] = time.sleep
     sender_factory: Callable[[], TextSender] | None = None
     kit: AnswerKit | None = None
+    #: Failures and counts for the status page (None: not recorded).
+    journal: Journal | None = None
 
     def answer_kit(self) -> AnswerKit:
         if self.kit is None:  # no Dify services (tests): text in, text out
-            self.kit = AnswerKit(self.settings, self.store, self.endpoint_id, None, self.clock)
+            self.kit = AnswerKit(
+                self.settings, self.store, self.endpoint_id, None, self.clock, journal=self.journal
+            )
         return self.kit
 
 
@@ -140,6 +145,8 @@ class Worker:
             writes.append(lambda: ctx.app.remember(ticket.openid, done_answer))
         self._quietly(lambda: run_side_by_side(writes), "storing the answer")
         self._quietly(lambda: self._see_through(settled), "delivering the answer")
+        if ctx.journal is not None:  # this request has time: write what this process noted
+            ctx.journal.flush()
         yield "end\n"
 
     def _quietly(self, task: Callable[[], None], what: str) -> None:
@@ -197,6 +204,6 @@ class Worker:
         if sender is None:
             sender = WeChatSender(ctx.settings, ctx.store)
         try:
-            use(Pusher(ctx.settings, ctx.outbox, ctx.router, sender, ctx.sleep))
+            use(Pusher(ctx.settings, ctx.outbox, ctx.router, sender, ctx.sleep, ctx.journal))
         finally:
             sender.close()

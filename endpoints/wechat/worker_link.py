@@ -131,16 +131,7 @@ def _media(value: Any) -> dict[str, str] | None:
 
 def worker_key(settings: Settings, endpoint_id: str) -> bytes:
     """A per-endpoint key nobody without the endpoint's secrets can compute."""
-    material = "\0".join(
-        (
-            "wechat-dify-bridge/worker/v1",
-            endpoint_id,
-            settings.token,
-            settings.encoding_aes_key,
-            settings.app_secret,
-        )
-    )
-    return hashlib.sha256(material.encode("utf-8")).digest()
+    return settings.derived_key("wechat-dify-bridge/worker/v1", endpoint_id)
 
 
 def sign(key: bytes, timestamp: str, body: bytes) -> str:

@@ -296,7 +296,7 @@ class ScriptedApp:
     ``parameters`` is what ``fetch_app`` answers (build it with :func:`app_parameters`, or
     give just the keys that matter, e.g. ``{"user_input_form": [...]}``: the rest are Dify's
     defaults). ``workflow_output_key`` names the text output of a workflow
-    app, ``files_output_key`` its file-list output.
+    app, ``files_output_key`` the file-list output of a workflow or chatflow app.
 
     Thread-safe: several plugin processes may call it at once.
     """

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import random
+import re
+import time
 import xml.etree.ElementTree as ET
+from itertools import pairwise
 
 import pytest
 import xmltodict
@@ -93,18 +96,19 @@ CODE = [
     (
         "fence",
         "text\n```python\ndef f():\n    return 1\n```\nafter",
-        "text\n\ndef f():\n    return 1\n\nafter",
+        "text\n\n  def f():\n      return 1\n\nafter",
     ),
-    ("tilde_fence", "~~~\nraw *text*\n~~~", "raw *text*"),
+    ("tilde_fence", "~~~\nraw *text*\n~~~", "  raw *text*"),
     (
         "fence_keeps_markdown",
         "```\n**not bold** # no\n- no list\n```",
-        "**not bold** # no\n- no list",
+        "  **not bold** # no\n  - no list",
     ),
-    ("fence_keeps_html", "```html\n<b>x</b> &amp;\n```", "<b>x</b> &amp;"),
-    ("indented_code", "para\n\n    code line\n      indented", "para\n\ncode line\n  indented"),
-    ("unclosed_fence", "```\nunclosed\n  fence", "unclosed\n  fence"),
+    ("fence_keeps_html", "```html\n<b>x</b> &amp;\n```", "  <b>x</b> &amp;"),
+    ("indented_code", "para\n\n    code line\n      indented", "para\n\n  code line\n    indented"),
+    ("unclosed_fence", "```\nunclosed\n  fence", "  unclosed\n    fence"),
     ("empty_fence", "a\n\n```\n```\n\nb", "a\n\nb"),
+    ("fence_blank_lines", "```\na\n\n\nb\n```", "  a\n\n  b"),
 ]
 
 LISTS = [
@@ -124,7 +128,11 @@ LISTS = [
         "1. 第一步\n\n   详细说明\n\n2. 第二步",
         "1. 第一步\n\n  详细说明\n\n2. 第二步",
     ),
-    ("item_with_code", "- 安装：\n\n  ```\n  pip install x\n  ```", "• 安装：\n\n  pip install x"),
+    (
+        "item_with_code",
+        "- 安装：\n\n  ```\n  pip install x\n  ```",
+        "• 安装：\n\n    pip install x",
+    ),
     ("item_softbreak", "- 第一行\n  第二行", "• 第一行\n  第二行"),
     ("task_list", "- [ ] todo\n- [x] done", "• [ ] todo\n• [x] done"),
     ("list_between_paragraphs", "步骤：\n\n- a\n- b\n\n结束", "步骤：\n\n• a\n• b\n\n结束"),
@@ -251,7 +259,7 @@ def test_full_answer_renders_readably() -> None:
         "2. 第二天\n\n"
         "项目：门票\n费用：60元\n\n"
         "项目：交通\n费用：20元\n\n"
-        "echo hi\n\n"
+        "  echo hi\n\n"
         "> 提示：注意天气。\n\n"
         "——————\n\n"
         "祝旅途愉快！"
@@ -587,6 +595,381 @@ def test_split_rendered_markdown() -> None:
     assert all(utf8_len(part) <= 300 for part in parts)
     # cuts fall on blank lines, so every part starts with a heading or a block
     assert all(part.startswith(("【", "•", "名称")) for part in parts)
+
+
+# --- structure-aware splitting of rendered answers ----------------------------------------
+
+_SETUP_SCRIPT = """git clone https://example.com/app.git
+cd app
+
+python3.12 -m venv .venv
+source .venv/bin/activate
+
+pip install -r requirements.txt"""
+
+_SETTINGS_CODE = """import os
+
+
+def load_settings():
+    # - not a list item, # not a heading
+    return {
+        "host": os.environ.get("HOST", "0.0.0.0"),
+        "port": int(os.environ.get("PORT", "8000")),
+    }
+
+1. not a list either
+
+
+if __name__ == "__main__":
+    print(load_settings())"""
+
+_BIG_CODE = "\n".join(
+    f"    step_{i} = run('命令 {i}', retries={i % 3})" + ("\n" if i % 7 == 6 else "")
+    for i in range(40)
+)
+
+_TABLE_ROWS = [
+    ("HOST", "0.0.0.0", "监听地址，生产环境建议只监听内网地址，避免暴露到公网"),
+    ("PORT", "8000", "监听端口"),
+    ("WORKERS", "4", "工作进程数，一般设为 CPU 核数的两倍，内存紧张时适当调小"),
+    ("TIMEOUT", "30", "单个请求的超时时间（秒）"),
+]
+
+
+def _guide_section(index: int) -> str:
+    rows = "\n".join(f"| {name}_{index} | {value} | {note} |" for name, value, note in _TABLE_ROWS)
+    return f"""## 第{index}部分：准备工作
+
+下面是第{index}部分的完整步骤，请按顺序操作，每一步完成后再继续下一步。
+
+1. **检查系统版本**：确认服务器运行的是 Ubuntu 22.04 或更新版本，
+   并且有至少 2 GB 可用内存和 10 GB 磁盘空间。
+   - 运行 `lsb_release -a` 查看版本
+   - 运行 `free -h` 查看内存
+2. **安装依赖**：需要 Python 3.12 和 Git。
+   如果系统自带的 Python 版本较旧，可以使用 deadsnakes 软件源安装新版本。
+   - 添加软件源
+   - 更新索引
+     - 注意：更新可能需要几分钟
+     - 网络不好时可以换用国内镜像
+   - 安装 Python
+3. **创建用户**：为应用单独创建一个系统用户，避免使用 root 运行。
+
+### 安装代码
+
+先克隆仓库并创建虚拟环境：
+
+```bash
+{_SETUP_SCRIPT}
+```
+
+然后写配置文件：
+
+```python
+{_SETTINGS_CODE}
+```
+
+## 第{index}部分：参数说明
+
+| 参数 | 默认值 | 说明 |
+|------|--------|------|
+{rows}
+
+## 第{index}部分：常见问题
+
+- **启动失败**：检查端口是否被占用。
+  可以运行 `ss -lntp` 查看是哪个进程占用了端口。
+- **访问缓慢**：检查工作进程数是否过少，
+  或者数据库连接是否耗尽。
+  - 调大连接池
+  - 开启缓存
+- **日志过多**：把日志级别调成 WARNING。
+"""
+
+
+GUIDE = "# 部署指南\n\n" + "\n".join(_guide_section(i) for i in range(1, 4)) + "\n祝部署顺利！"
+
+FAQ = f"""# Troubleshooting notes
+
+Short intro.
+
+1. First, make sure the service is **running**. This item is loose and has several
+   paragraphs, so it renders with blank lines inside the item.
+
+   Check the status with the command below and look for `active (running)`:
+
+   ```
+   systemctl status app
+   journalctl -u app -n 50
+   ```
+
+   - If it is stopped, start it.
+   - If it keeps restarting, read the log.
+     The log usually says which setting is wrong.
+
+2. Second, check the configuration file. Every key must be spelled exactly as in the
+   documentation; unknown keys are ignored silently.
+
+3. Third, run the full diagnostic script:
+
+```python
+{_BIG_CODE}
+```
+
+## Summary
+
+Most problems are configuration mistakes. If nothing helps, collect the logs and open a
+ticket with the output of every command above.
+
+| Symptom | Cause |
+|--|--|
+| 502 | the app is down |
+| slow | too few workers |
+"""
+
+_GUIDE_CODE = [_SETUP_SCRIPT, _SETTINGS_CODE]
+_FAQ_CODE = ["systemctl status app\njournalctl -u app -n 50", _BIG_CODE]
+
+
+def _code_span(text: str, code: str) -> tuple[int, int]:
+    """Where a code block's lines sit in the rendered text, whatever their indentation."""
+    lines = code.split("\n")  # the rendering keeps at most one blank line in a row
+    lines = [line for i, line in enumerate(lines) if line.strip() or lines[i - 1].strip()]
+    pattern = "\n".join(" *" + re.escape(line) if line.strip() else "" for line in lines)
+    found = re.search("(?m)^" + pattern + "$", text)
+    assert found, code[:40]
+    return found.start(), found.end()
+
+
+def _row_spans(text: str) -> list[tuple[int, int]]:
+    spans = []
+    for index in range(1, 4):
+        for name, value, note in _TABLE_ROWS:
+            row = f"参数：{name}_{index}\n默认值：{value}\n说明：{note}"
+            start = text.find(row)
+            assert start != -1, row
+            spans.append((start, start + len(row)))
+    return spans
+
+
+def _part_spans(text: str, parts: list[str]) -> list[tuple[int, int]]:
+    """Each part is a verbatim slice of *text*, in order, with only whitespace between."""
+    spans = []
+    cursor = 0
+    for part in parts:
+        found = text.find(part, cursor)
+        assert found != -1, part[:40]
+        assert text[cursor:found].strip() == "", text[cursor:found][:40]
+        spans.append((found, found + len(part)))
+        cursor = found + len(part)
+    assert text[cursor:].strip() == ""
+    return spans
+
+
+def _is_heading_line(line: str) -> bool:
+    return line.startswith("【") and line.endswith("】")
+
+
+_SPACE_RUN = re.compile(r"\s*")
+
+
+def _block_boundary_in_reach(
+    text: str, start: int, budget: int, protected: list[tuple[int, int]]
+) -> bool:
+    """True if a part starting at *start* could have ended, at least a third full, at a line
+    break between two top-level blocks: the next line is not indented (no list item or code
+    block goes on), the previous one is not a heading and no code block/table row is cut."""
+    cut = text.find("\n", start)
+    while cut != -1:
+        size = utf8_len(text[start:cut])
+        if size > budget:
+            return False
+        before = text[start:cut].rstrip()
+        space = _SPACE_RUN.match(text, cut)
+        after = space.end() if space else cut
+        if (
+            size >= budget // 3
+            and before
+            and after < len(text)
+            and text[after - 1] == "\n"
+            and not _is_heading_line(before.rsplit("\n", 1)[-1])
+            and not any(lo < cut < hi for lo, hi in protected)
+        ):
+            return True
+        cut = text.find("\n", cut + 1)
+    return False
+
+
+def _check_structured_split(
+    markdown: str, budget: int, codes: list[str], with_rows: bool
+) -> list[str]:
+    """Render and split *markdown*, and check the parts: within the budget and lossless;
+    code blocks (*codes*) and table rows that fit in a part are whole in one part, bigger
+    code blocks are cut at line breaks only; no part ends with a heading, unless it holds
+    nothing else and the block after it fits in a part but not together with it; a part
+    starts inside a list item or code block only if no boundary between blocks was in
+    reach of the part before."""
+    text = markdown_to_wechat_text(markdown)
+    parts = split_text(text, budget)
+    spans = _part_spans(text, parts)
+    assert all(utf8_len(part) <= budget for part in parts)
+    assert _non_space("".join(parts)) == _non_space(text)
+    code_spans = [_code_span(text, code) for code in codes]
+    row_spans = _row_spans(text) if with_rows else []
+    protected = code_spans + row_spans
+    for lo, hi in protected:
+        if utf8_len(text[lo:hi]) <= budget:  # fits in a part: kept whole
+            assert any(s <= lo and hi <= e for s, e in spans), (budget, text[lo:hi][:60])
+        else:  # too big: cut only at line breaks
+            for (_, end), (start, _) in pairwise(spans):
+                if lo < start < hi:
+                    assert "\n" in text[end:start], (budget, text[end - 20 : start + 20])
+    starts = {lo for lo, _ in protected}
+    for index, part in enumerate(parts):
+        if _is_heading_line(part.rsplit("\n", 1)[-1]):
+            # only when the part holds nothing but headings and the block after them fits
+            # in a part, but not together with them
+            assert all(_is_heading_line(line) for line in part.split("\n") if line), part
+            assert index + 1 < len(parts), (budget, part)
+            assert spans[index + 1][0] in starts, (budget, part, parts[index + 1][:60])
+        if index and part.startswith(" ") and spans[index][0] not in starts:
+            # starts inside a list item or a code block
+            assert not _block_boundary_in_reach(text, spans[index - 1][0], budget, protected), (
+                budget,
+                parts[index - 1][-60:],
+                part[:60],
+            )
+    return parts
+
+
+@pytest.mark.parametrize("budget", [300, 400, 512, 600])
+def test_split_guide_keeps_structure(budget: int) -> None:
+    parts = _check_structured_split(GUIDE, budget, _GUIDE_CODE, True)
+    assert len(parts) > 5
+
+
+@pytest.mark.parametrize("budget", [300, 400, 512, 600])
+def test_split_faq_keeps_structure(budget: int) -> None:
+    parts = _check_structured_split(FAQ, budget, _FAQ_CODE, False)
+    assert len(parts) > 3
+
+
+def test_split_structure_many_budgets() -> None:
+    for budget in range(200, 2048, 37):
+        _check_structured_split(GUIDE, budget, _GUIDE_CODE, True)
+        _check_structured_split(FAQ, budget, _FAQ_CODE, False)
+
+
+def test_split_code_block_bigger_than_part_cut_at_lines() -> None:
+    text = markdown_to_wechat_text(f"intro\n\n```\n{_BIG_CODE}\n```\n\nafter")
+    parts = split_text(text, 200)
+    code_lines = {line.strip() for line in _BIG_CODE.split("\n")}
+    for part in parts:
+        for line in part.split("\n"):  # no code line is torn apart
+            assert line.strip() in code_lines or line in ("intro", "after")
+    assert _non_space("".join(parts)) == _non_space(text)
+
+
+STRUCTURE_SPLIT_CASES = [
+    # a cut between top-level items beats a later one between sub-items
+    (
+        "top_level_item_boundary",
+        "1. 第一项\n  ◦ 细节甲\n  ◦ 细节乙\n2. 第二项\n  ◦ 细节丙\n  ◦ 细节丁",
+        80,
+        ["1. 第一项\n  ◦ 细节甲\n  ◦ 细节乙", "2. 第二项\n  ◦ 细节丙\n  ◦ 细节丁"],
+    ),
+    # a blank line inside a loose item is not a block boundary
+    (
+        "loose_item",
+        "1. 第一项\n\n  第一项的补充说明\n\n2. 第二项\n\n  第二项的补充说明",
+        80,
+        ["1. 第一项\n\n  第一项的补充说明", "2. 第二项\n\n  第二项的补充说明"],
+    ),
+    # a heading goes with its section, not at the end of the previous part
+    (
+        "heading_starts_part",
+        "前言一二三四五\n\n【小节】\n\n正文一二三四五六七八九十",
+        70,
+        ["前言一二三四五", "【小节】\n\n正文一二三四五六七八九十"],
+    ),
+    # a code block that fits a part is not cut at its blank line
+    (
+        "code_kept_whole",
+        "说明文字\n\n  def f():\n      return 1\n\n  def g():\n      return 2\n\n结束",
+        60,
+        ["说明文字", "  def f():\n      return 1\n\n  def g():\n      return 2\n\n结束"],
+    ),
+    # a table row block that fits a part is not cut, even for a fuller part
+    (
+        "table_row_kept",
+        "前言\n\n名称：红富士苹果\n价格：每斤五元\n\n名称：香蕉\n价格：三元",
+        50,
+        ["前言", "名称：红富士苹果\n价格：每斤五元", "名称：香蕉\n价格：三元"],
+    ),
+    # a part opening with a heading ends after it only to keep the code block after it whole
+    (
+        "heading_keeps_code_whole",
+        "【示例代码】\n\n" + "\n".join(f"  line{i} = {i}" for i in range(5)) + "\n\n结束语",
+        70,
+        ["【示例代码】", "\n".join(f"  line{i} = {i}" for i in range(5)) + "\n\n结束语"],
+    ),
+    # ... and otherwise keeps the first sentences of its section
+    (
+        "heading_keeps_first_sentences",
+        "【标题】\n\n" + "这是一句话。" * 8,
+        60,
+        ["【标题】\n\n这是一句话。这是一句话。", "这是一句话。" * 3, "这是一句话。" * 3],
+    ),
+    # a heading alone only when the text after it cannot be cut (and never inside it)
+    (
+        "heading_before_unbreakable_text",
+        "【标题！】\n\n" + "长" * 30,
+        40,
+        ["【标题！】", "长" * 13, "长" * 13, "长" * 4],
+    ),
+    # code written unindented between list items renders at the item's indent: still whole
+    (
+        "code_between_list_items",
+        "1. 安装依赖：\n\n  pip install requests\n  pip install flask\n  pip install gunicorn"
+        "\n\n2. 启动服务",
+        70,
+        [
+            "1. 安装依赖：",
+            "  pip install requests\n  pip install flask\n  pip install gunicorn",
+            "2. 启动服务",
+        ],
+    ),
+    # a giant item is cut between its sub-items rather than inside a sub-item
+    (
+        "sibling_sub_items",
+        "• 主项\n  ◦ 子项一\n    续行一\n  ◦ 子项二\n    续行二",
+        50,
+        ["• 主项\n  ◦ 子项一\n    续行一", "  ◦ 子项二\n    续行二"],
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    ("text", "budget", "expected"),
+    [pytest.param(t, b, e, id=name) for name, t, b, e in STRUCTURE_SPLIT_CASES],
+)
+def test_split_respects_structure(text: str, budget: int, expected: list[str]) -> None:
+    assert split_text(text, budget) == expected
+
+
+def test_split_pathological_structures_are_fast() -> None:
+    giant_item = "- " + "很长的内容，没有换行。" * 10_000
+    deep = "".join("  " * (depth % 30) + f"- 项目{depth}\n" for depth in range(3000))
+    item_lines = "1. 开始\n" + "   续行内容，继续说明。\n" * 5000
+    code = "```\n" + "x = 1\n\n" * 10_000 + "```"
+    emoji = "- " + "👨‍👩‍👧‍👦" * 5000
+    for source in (giant_item, deep, item_lines, code, emoji):
+        text = markdown_to_wechat_text(source)
+        started = time.perf_counter()
+        parts = split_text(text, 600)
+        assert time.perf_counter() - started < 5  # linear: ~0.1 s
+        assert all(utf8_len(part) <= 600 for part in parts)
+        assert _non_space("".join(parts)) == _non_space(text)
 
 
 # ---------------------------------------------------------------------------

@@ -269,3 +269,38 @@ def test_a_hand_over_is_seen_even_when_the_waiter_comes_late() -> None:
     # the delivery only gets to wait after its deadline (slow bookkeeping)
     assert tracker.wait_settled(job, until=time.time() - 1, poll_interval=1).parts == ["answer"]
     tracker.release("k")
+
+
+class _AppearsDuringRead(MemoryStorage):
+    """A key written by another request between our failed ``get`` and the ``exist``."""
+
+    def __init__(self, key: str, value: bytes, fail_every_read: bool = False) -> None:
+        super().__init__()
+        self._late: tuple[str, bytes] | None = (key, value)
+        self._fail_every_read = fail_every_read
+
+    def get(self, key: str) -> bytes:
+        if self._late is not None and key == self._late[0]:
+            late, self._late = self._late, None
+            super().set(*late)
+            raise KeyError(key)  # the read happened before the write
+        if self._fail_every_read:
+            raise OSError("storage unavailable")
+        return super().get(key)
+
+
+def test_strict_load_reads_again_when_the_record_appeared_meanwhile() -> None:
+    probe = EndpointStore(MemoryStorage(), "ep")
+    key = probe.key("delivery", "job-1")
+    store = EndpointStore(_AppearsDuringRead(key, b'{"route":"push"}'), "ep")
+    assert store.load("delivery", "job-1", strict=True) == {"route": "push"}
+
+
+def test_strict_load_still_raises_when_reading_fails() -> None:
+    probe = EndpointStore(MemoryStorage(), "ep")
+    key = probe.key("delivery", "job-1")
+    backend = _AppearsDuringRead(key, b"{}", fail_every_read=True)
+    backend.set(key, b"{}")
+    backend._late = None
+    with pytest.raises(OSError):
+        EndpointStore(backend, "ep").load("delivery", "job-1", strict=True)
