@@ -164,6 +164,8 @@ def _markdown_link(file: AnswerFile) -> str:
 
 
 def _has_tables_or_images(markdown: str) -> bool:
+    if "|" not in markdown and "![" not in markdown:
+        return False  # neither can occur: skip a second markdown parse
     for token in _FEATURES.parse(markdown):
         if token.type == "table_open":
             return True

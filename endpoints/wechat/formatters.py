@@ -14,6 +14,7 @@ Everything here is a pure function: no Dify imports, no I/O, no clock (callers p
 
 from __future__ import annotations
 
+import re
 import unicodedata
 from bisect import bisect_left, bisect_right
 from dataclasses import dataclass, field
@@ -1035,9 +1036,8 @@ def _is_regional_indicator(char: str) -> bool:
 
 # Characters XML 1.0 cannot carry at all, not even in CDATA (C0 controls except tab/LF/CR,
 # surrogates, U+FFFE/U+FFFF); a single one makes WeChat reject the whole reply.
-_XML_ILLEGAL = dict.fromkeys(
-    [*range(0x00, 0x09), 0x0B, 0x0C, *range(0x0E, 0x20), *range(0xD800, 0xE000), 0xFFFE, 0xFFFF]
-)
+# A regex, not str.translate: translate walks a 2 000-entry table per reply (~30x slower).
+_XML_ILLEGAL = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\ud800-\udfff\ufffe\uffff]")
 
 
 def cdata(value: str) -> str:
@@ -1046,7 +1046,7 @@ def cdata(value: str) -> str:
     Characters that XML 1.0 cannot represent (control characters other than tab/newline/
     carriage return, lone surrogates, U+FFFE/U+FFFF) are dropped.
     """
-    value = value.translate(_XML_ILLEGAL)
+    value = _XML_ILLEGAL.sub("", value)
     return "<![CDATA[" + value.replace("]]>", "]]]]><![CDATA[>") + "]]>"
 
 
