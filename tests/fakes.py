@@ -293,3 +293,23 @@ class FileHost:
 
     def __exit__(self, *exc_info: object) -> None:
         self.stop()
+
+
+from endpoints.wechat.inbound_media import Download, TooLarge  # noqa: E402
+
+
+class Fetcher:
+    """Stands in for ``inbound_media.fetch_url``: answers per URL, records ``(url, limit)``."""
+
+    def __init__(self, answers: dict[str, Download | BaseException] | None = None) -> None:
+        self.answers = answers or {}
+        self.calls: list[tuple[str, int]] = []
+
+    def __call__(self, url: str, limit: int) -> Download:
+        self.calls.append((url, limit))
+        answer = self.answers.get(url, OSError("HTTP 404"))
+        if isinstance(answer, BaseException):
+            raise answer
+        if len(answer.content) > limit:
+            raise TooLarge
+        return answer

@@ -33,7 +33,7 @@ from endpoints.wechat.settings import DEFAULT_TEXTS, Settings, load_settings
 from endpoints.wechat.storage import EndpointStore
 from tests import media_samples
 from tests.fake_wechat_api import DEFAULT_APP_ID, DEFAULT_APP_SECRET, MEDIA_GET, FakeWeChatAPI
-from tests.fakes import FakeServices, FileHost, MemoryStorage, app_parameters
+from tests.fakes import FakeServices, Fetcher, FileHost, MemoryStorage, app_parameters
 
 PIC_URL = "http://mmbiz.qpic.cn/mmbiz_jpg/abc/0"
 STT_MODEL = {"provider": "langgenius/openai/openai", "model": "whisper-1", "model_type": "stt"}
@@ -69,23 +69,6 @@ def make_settings(wechat: FakeWeChatAPI | None = None, **overrides: Any) -> Sett
         raw["wechat_api_base_url"] = wechat.base_url
     raw.update(overrides)
     return load_settings(raw)
-
-
-class Fetcher:
-    """Stands in for ``fetch_url``: answers per URL, records ``(url, limit)``."""
-
-    def __init__(self, answers: dict[str, Download | BaseException] | None = None) -> None:
-        self.answers = answers or {}
-        self.calls: list[tuple[str, int]] = []
-
-    def __call__(self, url: str, limit: int) -> Download:
-        self.calls.append((url, limit))
-        answer = self.answers.get(url, OSError("HTTP 404"))
-        if isinstance(answer, BaseException):
-            raise answer
-        if len(answer.content) > limit:
-            raise TooLarge
-        return answer
 
 
 def preparer(

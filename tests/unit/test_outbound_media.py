@@ -29,7 +29,7 @@ from endpoints.wechat.settings import Settings, load_settings
 from endpoints.wechat.storage import EndpointStore
 from tests import media_samples
 from tests.fake_wechat_api import DEFAULT_APP_ID, DEFAULT_APP_SECRET, MEDIA_UPLOAD, FakeWeChatAPI
-from tests.fakes import FakeServices, MemoryStorage
+from tests.fakes import FakeServices, Fetcher, MemoryStorage
 
 DIFY = "https://dify.example.com"
 TTS_MODEL = {"provider": "langgenius/openai/openai", "model": "tts-1", "voice": "alloy"}
@@ -58,21 +58,6 @@ def make_settings(wechat: FakeWeChatAPI | None = None, **overrides: Any) -> Sett
         raw["wechat_api_base_url"] = wechat.base_url
     raw.update(overrides)
     return load_settings(raw)
-
-
-class Fetcher:
-    def __init__(self, answers: dict[str, Download | BaseException] | None = None) -> None:
-        self.answers = answers or {}
-        self.calls: list[tuple[str, int]] = []
-
-    def __call__(self, url: str, limit: int) -> Download:
-        self.calls.append((url, limit))
-        answer = self.answers.get(url, OSError("HTTP 404"))
-        if isinstance(answer, BaseException):
-            raise answer
-        if len(answer.content) > limit:
-            raise TooLarge
-        return answer
 
 
 def publisher(settings: Settings, fetch: Fetcher | None = None) -> tuple[MediaPublisher, Fetcher]:
