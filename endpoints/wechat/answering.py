@@ -111,19 +111,19 @@ class AnswerKit:
                 source += "\n\n" + _markdown_link(file)
         text = markdown_to_wechat_text(source) if source.strip() else ""
 
-        link = ""
-        if text and self._wants_page(source, text):
+        parts = paginate(text, settings.fetch_keyword) if text else []
+        if parts and self._wants_page(source, parts):
             # The page shows the answer as the app wrote it, pictures and files included.
             page = answer.text + "".join(
                 "\n\n" + _markdown_link(f) for f in files.values() if f.url not in answer.text
             )
             link = self._page_link(question, query, page)
-        parts = paginate(text, settings.fetch_keyword, utf8_len(link)) if text else []
-        if link:
-            if len(parts) > PUSH_QUOTA:
-                parts = [parts[0] + link]  # the page holds the rest
-            else:
-                parts[-1] += link
+            if link:  # the parts make room for it
+                parts = paginate(text, settings.fetch_keyword, utf8_len(link))
+                if len(parts) > PUSH_QUOTA:
+                    parts = [parts[0] + link]  # the page holds the rest
+                else:
+                    parts[-1] += link
         speak = question.spoken and settings.can_speak and not should_stop()
         if speak and text and self._services is not None:
             voice = self._publisher.voice(self._services, text, question.ref)
@@ -132,14 +132,10 @@ class AnswerKit:
         parts += published.parts
         return parts or [EMPTY_ANSWER]
 
-    def _wants_page(self, source: str, text: str) -> bool:
-        settings = self.settings
-        if not settings.full_answer_link:
+    def _wants_page(self, source: str, parts: list[str]) -> bool:
+        if not self.settings.full_answer_link:
             return False
-        reserve = utf8_len(MORE_HINT.format(keyword=settings.fetch_keyword))
-        if len(split_text(text, TEXT_BUDGET_BYTES - reserve)) > PUSH_QUOTA:
-            return True
-        return _has_tables_or_images(source)
+        return len(parts) > PUSH_QUOTA or _has_tables_or_images(source)
 
     def _page_link(self, question: Question, query: str, source: str) -> str:
         if not question.page_base or page_url(question.page_base, "-") is None:
