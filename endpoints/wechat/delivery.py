@@ -23,6 +23,7 @@ from typing import Protocol
 
 from . import timing
 from .api import TransportError, Unauthorized, WeChatClient, WeChatError
+from .api.errors import error_label
 from .diagnostics import Journal
 from .outbox import Delivery, Outbox, Route
 from .parts import PartKind, read_part
@@ -188,7 +189,7 @@ class Pusher:
                     "fetch keyword",
                     index + 1,
                     ref,
-                    _describe(exc),
+                    error_label(exc),
                 )
                 self._journal.record_wechat(exc)
                 return self._outbox.switch_to_fetch(delivery, announced=False)
@@ -207,9 +208,4 @@ class Pusher:
         try:
             self._sender.start_typing(openid)
         except Exception as exc:  # a nicety: never worth more than a debug line
-            logger.debug("Typing indicator not shown (%s)", _describe(exc))
-
-
-def _describe(exc: BaseException) -> str:
-    code = getattr(exc, "errcode", None)
-    return f"{type(exc).__name__} {code}" if code is not None else type(exc).__name__
+            logger.debug("Typing indicator not shown (%s)", error_label(exc))

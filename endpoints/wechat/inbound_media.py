@@ -25,6 +25,7 @@ import requests
 
 from . import audio
 from .api import WeChatClient, WeChatError
+from .api.errors import error_label
 from .diagnostics import Journal
 from .dify_services import DifyServices, FileInput, app_profile
 from .settings import Settings
@@ -266,7 +267,6 @@ def _sniff_mimetype(content: bytes, kind: str) -> str:
 
 def _describe(exc: BaseException) -> str:
     if isinstance(exc, WeChatError):
-        code = getattr(exc, "errcode", None)
-        return f"{type(exc).__name__} {code}" if code is not None else type(exc).__name__
+        return error_label(exc)
     text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
     return text[:200]

@@ -18,6 +18,7 @@ from urllib.parse import parse_qs, urlsplit
 
 from . import audio
 from .api import WeChatClient
+from .api.errors import error_label
 from .diagnostics import Journal
 from .dify_app import AnswerFile
 from .dify_services import DifyServices
@@ -118,7 +119,7 @@ class MediaPublisher:
             logger.info("An image of message %s is over WeChat's 2 MB: sent as a link", ref)
             return None
         except Exception as exc:
-            logger.warning("Fetching an image of message %s failed (%s)", ref, _name(exc))
+            logger.warning("Fetching an image of message %s failed (%s)", ref, error_label(exc))
             return None
         mimetype = downloaded.content_type or file.mimetype
         if mimetype not in WECHAT_IMAGE_TYPES:
@@ -138,7 +139,7 @@ class MediaPublisher:
             )
         except Exception as exc:
             logger.warning(
-                "Uploading an image of message %s to WeChat failed (%s)", ref, _name(exc)
+                "Uploading an image of message %s to WeChat failed (%s)", ref, error_label(exc)
             )
             self._journal.record_wechat(exc)
             return None
@@ -158,7 +159,7 @@ class MediaPublisher:
                     "voice", "answer" + extension, content, mimetype, timeout=MEDIA_TIMEOUT
                 )
         except Exception as exc:
-            logger.warning("The voice reply to message %s failed (%s)", ref, _name(exc))
+            logger.warning("The voice reply to message %s failed (%s)", ref, error_label(exc))
             self._journal.record_wechat(exc)
             return None
         return media_part(PartKind.VOICE, uploaded.media_id)
@@ -172,8 +173,3 @@ def _speakable(text: str) -> str:
     head = text[:SPOKEN_CHARACTERS]
     cut = max(head.rfind(mark) for mark in "。！？!?.\n")
     return head[: cut + 1] if cut > SPOKEN_CHARACTERS // 2 else head
-
-
-def _name(exc: BaseException) -> str:
-    code = getattr(exc, "errcode", None)
-    return f"{type(exc).__name__} {code}" if code is not None else type(exc).__name__

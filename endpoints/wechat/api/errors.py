@@ -218,3 +218,9 @@ def error_for(errcode: int, errmsg: str, *, redact: Iterable[str] = ()) -> WeCha
     """The typed exception for a WeChat ``errcode``; ``redact`` values are masked in texts."""
     cls = _BY_CODE.get(errcode, WeChatAPIError)
     return cls(errcode, sanitize(errmsg, redact), hint=_HINTS.get(errcode))
+
+
+def error_label(exc: BaseException) -> str:
+    """A log-safe name for a failure: its type, plus WeChat's errcode when it has one."""
+    code = getattr(exc, "errcode", None)
+    return f"{type(exc).__name__} {code}" if code is not None else type(exc).__name__
