@@ -1,4 +1,5 @@
-"""GET /wechat: WeChat's server-URL verification, or a status page for a browser."""
+"""GET /wechat: the server-URL verification (Official Account, or WeCom when the platform
+setting says so), or a status page for a browser."""
 
 from collections.abc import Mapping
 from typing import Any
@@ -14,16 +15,19 @@ from endpoints.wechat.intake import (
     load_worker_health,
     log_internal_error,
 )
-from endpoints.wechat.settings import load_settings
+from endpoints.wechat.settings import Platform, load_settings
 
 
 class WeChatGetEndpoint(Endpoint):
+    #: The platform this URL serves; None: the endpoint's ``platform`` setting decides.
+    platform: Platform | None = None
+
     def _invoke(
         self, r: Request, values: Mapping[str, Any], settings: Mapping[str, Any]
     ) -> Response:
         try:
             endpoint_id = self.session.endpoint_id or r.headers.get("Dify-Hook-Id", "")
-            loaded = load_settings(settings)
+            loaded = load_settings(settings, self.platform)
             reply = handle_get(
                 to_http_request(r),
                 loaded,

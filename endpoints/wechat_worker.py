@@ -8,7 +8,8 @@ from werkzeug import Request, Response
 
 from endpoints.wechat.http_adapter import session_runtime, to_http_request, to_response
 from endpoints.wechat.intake import HttpReply, handle_worker, log_internal_error
-from endpoints.wechat.settings import load_settings
+from endpoints.wechat.settings import Platform, load_settings
+from endpoints.wechat.worker_link import WorkTicket
 
 
 class WeChatWorkerEndpoint(Endpoint):
@@ -17,7 +18,11 @@ class WeChatWorkerEndpoint(Endpoint):
     ) -> Response:
         try:
             runtime = session_runtime(self.session, r)
-            reply = handle_worker(to_http_request(r), load_settings(settings), runtime)
+            request = to_http_request(r)
+            # A message that came to /wecom is WeCom's, whatever the platform setting says.
+            forced = WorkTicket.platform_in(request.body)
+            platform = Platform.WECOM if forced == Platform.WECOM.value else None
+            reply = handle_worker(request, load_settings(settings, platform), runtime)
         except Exception:
             log_internal_error("worker")
             reply = HttpReply(500, "internal error")

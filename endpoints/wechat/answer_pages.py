@@ -41,6 +41,7 @@ from markdown_it import MarkdownIt
 from markdown_it.token import Token
 
 from .formatters import _emphasis_tokenize, strip_leading_reasoning
+from .paths import group_base
 from .settings import Settings
 from .storage import EndpointStore, hashed
 
@@ -252,7 +253,8 @@ def read_token(key: bytes, token: str, now: float) -> str | None:
 
 
 def page_url(hook_url: str, token: str) -> str | None:
-    """The page's public URL beside ``POST …/wechat``, from its ``Dify-Hook-Url``.
+    """The page's public URL beside ``POST …/wechat`` (or ``…/wecom``), from its
+    ``Dify-Hook-Url``.
 
     The query (WeChat's signature, timestamp, nonce) and any fragment are dropped. None
     when the hook URL is missing or is not an http(s) URL of a ``…/wechat`` endpoint.
@@ -264,10 +266,10 @@ def page_url(hook_url: str, token: str) -> str | None:
         userinfo = parts.username or parts.password
     except ValueError:
         return None
-    path = parts.path.rstrip("/")
+    path = group_base(parts.path)
     if parts.scheme.lower() not in ("http", "https") or not parts.hostname or userinfo:
         return None
-    if not path.endswith("/wechat"):
+    if path is None:
         return None
     path += ANSWER_PATH_SUFFIX + quote(token, safe="")
     return urlunsplit((parts.scheme.lower(), parts.netloc, path, "", ""))

@@ -23,7 +23,6 @@ from markdown_it import MarkdownIt
 
 from . import log_messages as msgs
 from .answer_pages import AnswerPages, make_token, page_key, page_url
-from .delivery import PUSH_QUOTA
 from .diagnostics import APP_ERROR, Journal
 from .dify_app import AnswerFile, AppAnswer, AppCancelled, AppError, DifyApp
 from .dify_services import DifyServices
@@ -120,7 +119,7 @@ class AnswerKit:
             link = self._page_link(question, query, page)
             if link:  # the parts make room for it
                 parts = paginate(text, settings.fetch_keyword, utf8_len(link))
-                if len(parts) > PUSH_QUOTA:
+                if len(parts) > settings.push_quota:
                     parts = [parts[0] + link]  # the page holds the rest
                 else:
                     parts[-1] += link
@@ -135,7 +134,7 @@ class AnswerKit:
     def _wants_page(self, source: str, parts: list[str]) -> bool:
         if not self.settings.full_answer_link:
             return False
-        return len(parts) > PUSH_QUOTA or _has_tables_or_images(source)
+        return len(parts) > self.settings.push_quota or _has_tables_or_images(source)
 
     def _page_link(self, question: Question, query: str, source: str) -> str:
         if not question.page_base or page_url(question.page_base, "-") is None:

@@ -56,7 +56,7 @@ def part_decision(stored: str, suffix: str = "") -> Decision:
     """The reply for one stored part; ``suffix`` (a hint) only fits after text."""
     part = read_part(stored)
     if part.is_text:
-        return Decision(Action.REPLY, part.value + suffix)
+        return Decision(Action.REPLY, part.text + suffix)
     return Decision(Action.REPLY, media=part)
 
 
@@ -162,7 +162,9 @@ class Coordinator:
         )
         if not mine:
             return self._follow(job, message, arrived_at)
-        ticket = WorkTicket.for_question(key, job.owner, question, arrived_at)
+        ticket = WorkTicket.for_question(
+            key, job.owner, question, arrived_at, self._settings.platform.value
+        )
         deadline = arrived_at + timing.DELIVERY_DEADLINE
         self._tracker.watch(key)  # before the worker starts: its hand-over cannot be missed
         try:

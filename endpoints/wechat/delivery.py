@@ -1,8 +1,9 @@
 """How the rest of an answer reaches the user after WeChat's reply window: push or fetch.
 
-* **push** — customer-service text messages (``api.custom_message``), at most
-  ``PUSH_QUOTA`` per user message (WeChat allows 5 within 48 h after a user's message);
-  what does not fit stays fetchable and the last pushed part says how to get it.
+* **push** — customer-service messages (Official Account) or app messages (WeCom), sent
+  by a :mod:`.senders` sender, at most ``settings.push_quota`` per user message (WeChat
+  allows 5 within 48 h after a user's message); what does not fit stays fetchable and the
+  last pushed part says how to get it.
 * **fetch** — the parts wait in storage; the user sends the fetch keyword for each one.
 * **auto** — push where the account can: the AppSecret is set and WeChat has not answered
   48001 (not allowed) lately; fetch otherwise.
@@ -19,62 +20,25 @@ import logging
 import threading
 import time
 from collections.abc import Callable
-from typing import Protocol
 
 from . import timing
-from .api import TransportError, Unauthorized, WeChatClient, WeChatError
+from .api import TransportError, Unauthorized, WeChatError
 from .api.errors import error_label
 from .diagnostics import Journal
 from .outbox import Delivery, Outbox, Route
-from .parts import PartKind, read_part
+from .parts import read_part
+from .senders import TextSender
 from .settings import DeliveryMode, Settings
 from .storage import EndpointStore
 from .texts import MORE_HINT
 
 logger = logging.getLogger(__name__)
 
-#: Customer-service messages per user message (WeChat: 5 within 48 hours).
-PUSH_QUOTA = 5
 #: A 48001 ("api unauthorized") keeps auto mode on fetch for this long.
 PUSH_BLOCKED_SECONDS = 6 * 3600.0
-#: How long one push may take (token fetch, send, refresh and retry included).
-PUSH_TIMEOUT = 10.0
 _STATE_KIND = "state"
 _BLOCKED_IDENT = "push-blocked"
 _CACHE_SECONDS = 30.0
-
-
-class TextSender(Protocol):
-    def send_text(self, openid: str, content: str) -> None: ...
-
-    def send_media(self, openid: str, kind: PartKind, media_id: str) -> None: ...
-
-    def start_typing(self, openid: str) -> None: ...
-
-    def close(self) -> None: ...
-
-
-class WeChatSender:
-    """The customer-service API behind :class:`TextSender`."""
-
-    def __init__(self, settings: Settings, store: EndpointStore) -> None:
-        self._client = WeChatClient(
-            settings.api_base_url, settings.app_id, settings.app_secret, store
-        )
-
-    def send_text(self, openid: str, content: str) -> None:
-        self._client.custom_message.send_text(openid, content, timeout=PUSH_TIMEOUT)
-
-    def send_media(self, openid: str, kind: PartKind, media_id: str) -> None:
-        messages = self._client.custom_message
-        send = messages.send_voice if kind is PartKind.VOICE else messages.send_image
-        send(openid, media_id, timeout=PUSH_TIMEOUT)
-
-    def start_typing(self, openid: str) -> None:
-        self._client.typing.start(openid, timeout=PUSH_TIMEOUT)
-
-    def close(self) -> None:
-        self._client.close()
 
 
 class _BlockedCache:
@@ -161,24 +125,25 @@ class Pusher:
             return self._outbox.close(delivery)
         if start > 0:  # the first part went out as a passive reply a moment ago
             self._sleep(timing.PUSH_ORDER_DELAY)
-        end = min(len(parts), start + PUSH_QUOTA)
+        end = min(len(parts), start + self._settings.push_quota)
         keyword = self._settings.fetch_keyword
         for index in range(start, end):
-            part = read_part(parts[index])
+            stored = parts[index]
+            part = read_part(stored)
             last_pushed = index == end - 1
             try:
                 if not part.is_text:
                     self._sender.send_media(openid, part.kind, part.value)
                 elif last_pushed and end < len(parts):
-                    self._sender.send_text(openid, part.value + MORE_HINT.format(keyword=keyword))
+                    self._sender.send_text(openid, stored + MORE_HINT.format(keyword=keyword))
                 else:
-                    self._sender.send_text(openid, part.value)
+                    self._sender.send_text(openid, stored)
             except Unauthorized as exc:
                 logger.warning(
-                    "WeChat refused customer-service messages (%s): this account may not send "
-                    "them (verified accounts only). Late answers now wait for the fetch "
+                    "WeChat refused to push (%s): %s Late answers now wait for the fetch "
                     "keyword; set delivery_mode to fetch to stop trying.",
                     exc.errcode,
+                    exc.hint,
                 )
                 self._journal.record_wechat(exc)
                 self._router.block_push()

@@ -31,7 +31,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from .api.errors import WeChatAPIError, WeChatError, error_for, sanitize
+from .api.errors import WeChatAPIError, WeChatError, error_for, sanitize, wecom_error_for
 from .storage import EndpointStore
 
 logger = logging.getLogger(__name__)
@@ -354,8 +354,11 @@ def _load_counts(store: EndpointStore, day: str) -> dict[str, int]:
 _WHITELIST_EN = "设置与开发 → 基本配置 → IP白名单"
 
 
-def explain(code: int | str, ip: str = "", detail: str = "") -> tuple[str, str]:
-    """What an error means and what to do, in English and Chinese."""
+def explain(
+    code: int | str, ip: str = "", detail: str = "", wecom: bool = False
+) -> tuple[str, str]:
+    """What an error means and what to do, in English and Chinese (``wecom``: the code is
+    WeCom's, whose numbers sometimes mean something else)."""
     where = ip or "this server's egress IP"
     where_zh = ip or "本服务器的出口 IP"
     if code == 40164:
@@ -369,6 +372,15 @@ def explain(code: int | str, ip: str = "", detail: str = "") -> tuple[str, str]:
             "(应用详情 → 企业可信IP).",
             f"企业微信拒绝了来自 {where_zh} 的调用：请在「应用详情 → 企业可信IP」中添加。",
         )
+    if wecom and isinstance(code, int):
+        known = _WECOM_EXPLAINED.get(code)
+        if known is None:
+            return (
+                f"WeCom error {code}: {wecom_error_for(code, '').hint}",
+                f"企业微信返回错误码 {code}，可在 https://open.work.weixin.qq.com/devtool/query "
+                "查询。",
+            )
+        return known
     known = _EXPLAINED.get(code) if isinstance(code, int) else _EXPLAINED_STR.get(code)
     if known is not None:
         en, zh = known
@@ -408,6 +420,35 @@ _EXPLAINED: dict[int, tuple[str, str]] = {
         "每条用户消息最多 5 条客服消息，额度已用完：其余内容需回复关键词获取。",
     ),
     40001: _TOKEN_TEXT,
+    40014: _TOKEN_TEXT,
+    42001: _TOKEN_TEXT,
+}
+_WECOM_EXPLAINED: dict[int, tuple[str, str]] = {
+    40001: (
+        "The app's Secret is wrong: copy it again (应用管理 → the app → Secret).",
+        "应用 Secret 不正确：请重新复制（「应用管理 → 应用 → Secret」）。",
+    ),
+    40013: (
+        "The CorpID (app_id) is wrong: copy it from 我的企业 → 企业信息 → 企业ID.",
+        "企业ID (app_id) 不正确：请从「我的企业 → 企业信息 → 企业ID」复制。",
+    ),
+    40056: (
+        "The AgentId is wrong: copy it from 应用管理 → the app.",
+        "AgentId 不正确：请从「应用管理 → 应用」页面复制。",
+    ),
+    40058: (
+        "WeCom refused a message parameter (e.g. markdown too long); it was sent as text.",
+        "企业微信拒绝了消息参数（如 Markdown 过长），已改为文本发送。",
+    ),
+    48002: (
+        "WeCom forbids this API for the app: use the app's own Secret and check its permissions.",
+        "企业微信不允许该应用调用此接口：请使用应用自己的 Secret 并检查应用权限。",
+    ),
+    81013: (
+        "The member cannot receive the app's messages: check the app's visibility range "
+        "(可见范围) and that the member is active.",
+        "成员无法接收该应用的消息：请检查应用的「可见范围」以及成员状态。",
+    ),
     40014: _TOKEN_TEXT,
     42001: _TOKEN_TEXT,
 }

@@ -4,7 +4,13 @@ from __future__ import annotations
 
 from .handlers.base import Handler, HandlerContext
 from .handlers.commands import ClearCommand, FetchCommand, HelpCommand
-from .handlers.event import ClickHandler, SilentEventHandler, SubscribeHandler, UnsubscribeHandler
+from .handlers.event import (
+    ClickHandler,
+    EnterAgentHandler,
+    SilentEventHandler,
+    SubscribeHandler,
+    UnsubscribeHandler,
+)
 from .handlers.image import ImageHandler
 from .handlers.link import LinkHandler
 from .handlers.location import LocationHandler
@@ -27,6 +33,7 @@ HANDLERS: tuple[Handler, ...] = (
     SubscribeHandler(),
     UnsubscribeHandler(),
     ClickHandler(),
+    EnterAgentHandler(),
     SilentEventHandler(),
     UnsupportedHandler(),
 )

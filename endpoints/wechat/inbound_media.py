@@ -24,10 +24,11 @@ from urllib.parse import urlsplit
 import requests
 
 from . import audio
-from .api import WeChatClient, WeChatError
+from .api import WeChatError
 from .api.errors import error_label
 from .diagnostics import Journal
 from .dify_services import DifyServices, FileInput, app_profile
+from .senders import api_client
 from .settings import Settings
 from .storage import EndpointStore
 
@@ -112,7 +113,7 @@ def fetch_url(url: str, limit: int, timeout: float = MEDIA_TIMEOUT) -> Download:
 
 def voice_ready(settings: Settings) -> bool:
     """Whether a voice message without ``Recognition`` can be transcribed here."""
-    return bool(settings.app_secret and settings.speech_to_text_model) and audio.available()
+    return bool(settings.can_call_api and settings.speech_to_text_model) and audio.available()
 
 
 class MediaPreparer:
@@ -143,7 +144,7 @@ class MediaPreparer:
     def _voice(self, media: MediaRequest, ref: str) -> Prepared:
         settings = self._settings
         model = settings.speech_to_text_model
-        if not (settings.app_secret and model):
+        if not (settings.can_call_api and model):
             raise MediaProblem(settings.voice_unavailable_message, "voice transcription not set up")
         try:
             downloaded = self._download(media.media_id)
@@ -220,7 +221,7 @@ class MediaPreparer:
 
     def _media_bytes(self, media: MediaRequest) -> Download | None:
         if media.kind == "image":
-            if self._settings.app_secret and media.media_id:
+            if self._settings.can_call_api and media.media_id:
                 try:
                     return self._download(media.media_id, kind="image")
                 except TooLarge:
@@ -231,16 +232,14 @@ class MediaPreparer:
                     logger.info("Media API download failed (%s); trying PicUrl", _describe(exc))
                     self._journal.record_wechat(exc)
             return self._fetch(media.url, MAX_BYTES["image"]) if media.url else None
-        if not (self._settings.app_secret and media.media_id):
+        if not (self._settings.can_call_api and media.media_id):
             return None  # a video can only be fetched through the media API
         return self._download(media.media_id, kind="video")
 
     def _download(self, media_id: str, kind: str = "voice") -> Download:
         limit = MAX_BYTES[kind] if kind in MAX_BYTES else MAX_BYTES["image"]
         settings = self._settings
-        with WeChatClient(
-            settings.api_base_url, settings.app_id, settings.app_secret, self._store
-        ) as client:
+        with api_client(settings, self._store) as client:
             media = client.media.download(media_id, timeout=MEDIA_TIMEOUT)
         if media.video_url:  # videos come as a link to the file
             return self._fetch(media.video_url, limit)

@@ -11,6 +11,7 @@ import logging
 import time
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 from . import log_messages as msgs
 from . import timing
@@ -18,8 +19,15 @@ from .answering import AnswerKit
 from .concurrency import start_background
 from .conversations import ConversationStore
 from .coordinator import Action, Coordinator, Decision
-from .crypto import CryptoError, MessageCrypto, signature_matches, timestamp_is_fresh
-from .delivery import Router, TextSender
+from .crypto import (
+    CryptoError,
+    MessageCrypto,
+    ReceiverIdMismatchError,
+    SignatureError,
+    signature_matches,
+    timestamp_is_fresh,
+)
+from .delivery import Router
 from .diagnostics import Diagnostics, Journal, key_matches
 from .dify_app import AppCaller, DifyApp
 from .dify_services import DifyServices
@@ -31,6 +39,7 @@ from .parsers import MAX_BODY_BYTES, XmlRefusedError, message_from_fields_checke
 from .parts import PartKind
 from .replay_guard import ReplayGuard
 from .retry_tracker import RetryTracker
+from .senders import TextSender
 from .settings import Settings
 from .status_page import render_status_page
 from .storage import EndpointStore, KeyValueStore
@@ -125,6 +134,8 @@ def handle_get(
         found = _diagnostics(request, settings, diagnostics)
         page = render_status_page(settings, endpoint_url, worker_health, found)
         return HttpReply(200, page, HTML)
+    if settings.is_wecom:
+        return _verify_wecom_url(request, settings, endpoint_url)
     signature = request.query.get("signature", "")
     timestamp = request.query.get("timestamp", "")
     nonce = request.query.get("nonce", "")
@@ -132,11 +143,61 @@ def handle_get(
     if not settings.token:
         _log_once(endpoint_url, msgs.NOT_CONFIGURED, "the Token is missing")
         return _refuse("GET", 403, "no Token configured")
+    if not signature and request.query.get("msg_signature"):
+        _log_once(endpoint_url, msgs.LOOKS_LIKE_WECOM)
+        return _refuse("GET", 403, "WeCom-style verification on an Official Account endpoint")
     if not (signature and timestamp and nonce and echostr):
         return _refuse("GET", 403, "missing verification parameters")
     if not signature_matches(signature, settings.token, timestamp, nonce):
         return _refuse("GET", 403, "signature mismatch (is the Token the same as in the console?)")
     return HttpReply(200, echostr, TEXT)
+
+
+def _verify_wecom_url(request: HttpRequest, settings: Settings, endpoint_url: str) -> HttpReply:
+    """WeCom's URL check: the ``echostr`` is encrypted; the answer is its plaintext."""
+    query = request.query
+    msg_signature = query.get("msg_signature", "")
+    timestamp = query.get("timestamp", "")
+    nonce = query.get("nonce", "")
+    echostr = query.get("echostr", "")
+    crypto = _wecom_crypto(settings, endpoint_url, "GET")
+    if isinstance(crypto, HttpReply):
+        return crypto
+    if not msg_signature and query.get("signature"):
+        _log_once(endpoint_url, msgs.LOOKS_LIKE_OFFICIAL_ACCOUNT)
+        return _refuse("GET", 403, "Official Account verification on a WeCom endpoint")
+    if not (msg_signature and timestamp and nonce and echostr):
+        return _refuse("GET", 403, "missing verification parameters")
+    try:
+        plaintext = crypto.decrypt_echostr(msg_signature, timestamp, nonce, echostr)
+    except CryptoError as exc:
+        return _refuse("GET", 403, _crypto_refusal(exc))
+    return HttpReply(200, plaintext, TEXT)
+
+
+def _wecom_crypto(settings: Settings, scope: str, method: str) -> MessageCrypto | HttpReply:
+    """The WeCom app's crypto, or the refusal that says which setting is missing."""
+    missing = [
+        name
+        for name, ok in (
+            ("the Token", settings.can_verify),
+            ("a valid EncodingAESKey", settings.encrypted_mode_available),
+            ("the CorpID (app_id)", bool(settings.app_id)),
+        )
+        if not ok
+    ]
+    if missing:
+        _log_once(scope, msgs.NOT_CONFIGURED, "WeCom needs " + " and ".join(missing))
+        return _refuse(method, 403, "WeCom endpoint not configured")
+    return MessageCrypto(settings.token, settings.encoding_aes_key, settings.app_id)
+
+
+def _crypto_refusal(exc: CryptoError) -> str:
+    if isinstance(exc, SignatureError):
+        return "msg_signature mismatch (is the Token the same as in the console?)"
+    if isinstance(exc, ReceiverIdMismatchError):
+        return "encrypted for another CorpID/AppID (check app_id)"
+    return f"decryption refused ({type(exc).__name__}; is the EncodingAESKey the console's?)"
 
 
 def _diagnostics(
@@ -305,6 +366,8 @@ def load_diagnostics(
 def _verify_and_parse(
     request: HttpRequest, settings: Settings, now: float, scope: str = ""
 ) -> _Verified:
+    if settings.is_wecom:
+        return _verify_wecom(request, settings, now, scope)
     if not settings.can_verify:
         _log_once(scope, msgs.NOT_CONFIGURED, "the Token is missing")
         raise Refused(403, "no Token configured")
@@ -314,18 +377,16 @@ def _verify_and_parse(
     signature = query.get("signature", "")
     timestamp = query.get("timestamp", "")
     nonce = query.get("nonce", "")
+    if not signature and query.get("msg_signature") and not query.get("encrypt_type"):
+        _log_once(scope, msgs.LOOKS_LIKE_WECOM)
+        raise Refused(403, "WeCom-style request on an Official Account endpoint")
     if not (signature and timestamp and nonce):
         raise Refused(403, "missing signature parameters")
-    if not timestamp_is_fresh(timestamp, now, settings.timestamp_tolerance):
-        raise Refused(403, "timestamp outside the accepted window (check the server clock)")
+    _check_timestamp(timestamp, now, settings)
     if not signature_matches(signature, settings.token, timestamp, nonce):
         raise Refused(403, "signature mismatch (is the Token the same as in the console?)")
 
-    try:
-        fields = parse_xml_fields(request.body)
-    except XmlRefusedError as exc:
-        raise Refused(400, exc.reason) from exc  # size was checked above
-
+    fields = _xml_fields(request.body)
     encrypt_type = query.get("encrypt_type", "").lower()
     crypto: MessageCrypto | None = None
     replay_signature = signature
@@ -334,20 +395,10 @@ def _verify_and_parse(
             _log_once(scope, msgs.ENCRYPTED_WITHOUT_KEY)
             raise Refused(403, "encrypted message but no valid EncodingAESKey configured")
         msg_signature = query.get("msg_signature", "")
-        encrypted = fields.get("Encrypt")
         if not msg_signature:
             raise Refused(403, "missing msg_signature")
-        if not isinstance(encrypted, str) or not encrypted:
-            raise Refused(400, "encrypted message without an Encrypt element")
         crypto = MessageCrypto(settings.token, settings.encoding_aes_key, settings.app_id)
-        try:
-            plaintext = crypto.decrypt_message(msg_signature, timestamp, nonce, encrypted)
-        except CryptoError as exc:
-            raise Refused(403, f"decryption refused ({type(exc).__name__})") from exc
-        try:
-            fields = parse_xml_fields(plaintext)
-        except XmlRefusedError as exc:
-            raise Refused(400, f"decrypted body: {exc.reason}") from exc
+        fields = _decrypted_fields(crypto, fields, msg_signature, timestamp, nonce)
         replay_signature = msg_signature
     elif encrypt_type not in ("", "raw"):
         raise Refused(400, "unknown encrypt_type")
@@ -356,12 +407,73 @@ def _verify_and_parse(
         # request here would silently switch encryption off.
         _log_once(scope, msgs.PLAINTEXT_WITH_KEY)
         raise Refused(403, "plaintext message while an EncodingAESKey is configured")
+    return _Verified(_message(fields), crypto, nonce, replay_signature)
 
+
+def _verify_wecom(request: HttpRequest, settings: Settings, now: float, scope: str) -> _Verified:
+    """A WeCom callback: always encrypted, signed only by ``msg_signature``."""
+    crypto = _wecom_crypto(settings, scope, "POST")
+    if isinstance(crypto, HttpReply):
+        raise Refused(403, "WeCom endpoint not configured")
+    if len(request.body) > MAX_BODY_BYTES:
+        raise Refused(413, "body too large")
+    query = request.query
+    msg_signature = query.get("msg_signature", "")
+    timestamp = query.get("timestamp", "")
+    nonce = query.get("nonce", "")
+    if not msg_signature and query.get("signature"):
+        _log_once(scope, msgs.LOOKS_LIKE_OFFICIAL_ACCOUNT)
+        raise Refused(403, "Official Account request on a WeCom endpoint")
+    if not (msg_signature and timestamp and nonce):
+        raise Refused(403, "missing signature parameters")
+    _check_timestamp(timestamp, now, settings)
+    envelope = _xml_fields(request.body)
+    fields = _decrypted_fields(crypto, envelope, msg_signature, timestamp, nonce)
+    message = _message(fields)
+    agent = str(fields.get("AgentID") or envelope.get("AgentID") or "")
+    if settings.agent_id and agent and agent != settings.agent_id:
+        _log_once(scope, msgs.WRONG_AGENT)
+        raise Refused(403, "message for another WeCom app (AgentID differs from agent_id)")
+    return _Verified(message, crypto, nonce, msg_signature)
+
+
+def _check_timestamp(timestamp: str, now: float, settings: Settings) -> None:
+    if not timestamp_is_fresh(timestamp, now, settings.timestamp_tolerance):
+        raise Refused(403, "timestamp outside the accepted window (check the server clock)")
+
+
+def _xml_fields(body: bytes) -> dict[str, Any]:
     try:
-        message = message_from_fields_checked(fields)
+        return parse_xml_fields(body)
+    except XmlRefusedError as exc:
+        raise Refused(400, exc.reason) from exc  # size was checked before
+
+
+def _decrypted_fields(
+    crypto: MessageCrypto,
+    envelope: Mapping[str, Any],
+    msg_signature: str,
+    timestamp: str,
+    nonce: str,
+) -> dict[str, Any]:
+    encrypted = envelope.get("Encrypt")
+    if not isinstance(encrypted, str) or not encrypted:
+        raise Refused(400, "encrypted message without an Encrypt element")
+    try:
+        plaintext = crypto.decrypt_message(msg_signature, timestamp, nonce, encrypted)
+    except CryptoError as exc:
+        raise Refused(403, _crypto_refusal(exc)) from exc
+    try:
+        return parse_xml_fields(plaintext)
+    except XmlRefusedError as exc:
+        raise Refused(400, f"decrypted body: {exc.reason}") from exc
+
+
+def _message(fields: dict[str, Any]) -> InboundMessage:
+    try:
+        return message_from_fields_checked(fields)
     except XmlRefusedError as exc:
         raise Refused(400, exc.reason) from exc
-    return _Verified(message, crypto, nonce, replay_signature)
 
 
 def _render(
@@ -376,7 +488,8 @@ def _render(
         # the connection until WeChat has hung up.
         return HttpReply(503, "", TEXT, hold_until=arrived_at + timing.HOLD_UNTIL)
     if decision.action is Action.ACK:
-        return HttpReply(200, SUCCESS_BODY, TEXT)  # never encrypted
+        # Never encrypted. WeCom wants an empty 200; the Official Account "success".
+        return HttpReply(200, "" if settings.is_wecom else SUCCESS_BODY, TEXT)
     message = verified.message
     now = int(clock())
     media = decision.media

@@ -14,6 +14,18 @@ ENCRYPTED_WITHOUT_KEY = (
     "WeChat sent an encrypted message but no valid EncodingAESKey is configured: refused. "
     "Copy the EncodingAESKey from the WeChat console into the endpoint settings."
 )
+LOOKS_LIKE_WECOM = (
+    "A WeCom (企业微信) callback reached an Official Account endpoint: refused. Set the "
+    "endpoint's platform to wecom, or paste the /wecom URL into the WeCom console."
+)
+LOOKS_LIKE_OFFICIAL_ACCOUNT = (
+    "An Official Account request reached a WeCom endpoint: refused. Set the endpoint's "
+    "platform to official_account and paste the /wechat URL into the WeChat console."
+)
+WRONG_AGENT = (
+    "A WeCom message for another app (its AgentID differs from the agent_id setting) was "
+    "refused: each WeCom app needs its own endpoint with its own AgentId."
+)
 APP_FAILED = "Dify app call failed for message %s (%s): %s"
 APP_TOO_SLOW = "Dify app answered after the reply window of message %s; the answer was dropped"
 ANSWER_LOST = "No answer for message %s within WeChat's deliveries; sent the too-slow reply"

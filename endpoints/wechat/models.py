@@ -26,6 +26,8 @@ class InboundMessage(BaseModel):
     create_time: int = Field(alias="CreateTime")
     msg_type: str = Field(alias="MsgType")
     msg_id: str | None = Field(default=None, alias="MsgId")
+    #: WeCom only: the app the message was sent to.
+    agent_id: str = Field(default="", alias="AgentID")
 
     @property
     def dedupe_key(self) -> str:
@@ -47,6 +49,8 @@ class InboundMessage(BaseModel):
             "wechat_msg_id": self.msg_id or "",
             "wechat_create_time": str(self.create_time),
         }
+        if self.agent_id:
+            inputs["wechat_agent_id"] = self.agent_id
         inputs.update(self._type_inputs())
         return inputs
 
@@ -197,6 +201,12 @@ class LocationEvent(EventMessage):
     precision: str = Field(default="", alias="Precision")
 
 
+class EnterAgentEvent(EventMessage):
+    """WeCom: a member opened the app (sent when 上报进入应用事件 is on)."""
+
+    event_value: ClassVar[str] = "enter_agent"
+
+
 class TemplateSendJobFinishEvent(EventMessage):
     event_value: ClassVar[str] = "templatesendjobfinish"
 
@@ -222,6 +232,7 @@ EVENT_TYPES: tuple[type[EventMessage], ...] = (
     ClickEvent,
     ViewEvent,
     LocationEvent,
+    EnterAgentEvent,
     TemplateSendJobFinishEvent,
 )
 

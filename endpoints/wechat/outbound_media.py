@@ -17,13 +17,14 @@ from dataclasses import dataclass
 from urllib.parse import parse_qs, urlsplit
 
 from . import audio
-from .api import WeChatClient
+from .api import ServerAPIClient
 from .api.errors import error_label
 from .diagnostics import Journal
 from .dify_app import AnswerFile
 from .dify_services import DifyServices
 from .inbound_media import MEDIA_TIMEOUT, Download, TooLarge, fetch_url, sniff_image
 from .parts import PartKind, media_part
+from .senders import api_client
 from .settings import Settings
 from .storage import EndpointStore
 
@@ -82,9 +83,8 @@ class MediaPublisher:
         self._fetch = fetch
         self._journal = journal or Journal(None)
 
-    def _client(self) -> WeChatClient:
-        s = self._settings
-        return WeChatClient(s.api_base_url, s.app_id, s.app_secret, self._store)
+    def _client(self) -> ServerAPIClient:
+        return api_client(self._settings, self._store)
 
     def images(
         self, files: list[AnswerFile], ref: str, should_stop: Callable[[], bool]
@@ -101,7 +101,7 @@ class MediaPublisher:
         images = [f for f in usable if f.kind == "image" or f.mimetype.startswith("image/")]
         parts: list[str] = []
         sent: set[str] = set()
-        if images and self._settings.app_secret:
+        if images and self._settings.can_call_api:
             with self._client() as client:
                 for file in images[:MAX_IMAGES]:
                     if should_stop():
@@ -112,7 +112,7 @@ class MediaPublisher:
                         sent.add(file.url)
         return Published(parts, sent, [f for f in usable if f.url not in sent])
 
-    def _upload_image(self, client: WeChatClient, file: AnswerFile, ref: str) -> str | None:
+    def _upload_image(self, client: ServerAPIClient, file: AnswerFile, ref: str) -> str | None:
         try:
             downloaded = self._fetch(file.url, WECHAT_IMAGE_LIMIT)
         except TooLarge:
@@ -149,7 +149,7 @@ class MediaPublisher:
         """The answer spoken (a voice media part), or None when that cannot be done."""
         model = self._settings.text_to_speech_model
         spoken = _speakable(text)
-        if not (model and spoken and self._settings.app_secret):
+        if not (model and spoken and self._settings.can_speak):
             return None
         try:
             speech = services.text_to_speech(model, spoken)

@@ -20,6 +20,7 @@ from .crypto import InvalidAESKeyError, validate_encoding_aes_key
 from .menus import MenuAction, parse_menu_map
 
 DEFAULT_API_BASE_URL = "https://api.weixin.qq.com"
+WECOM_API_BASE_URL = "https://qyapi.weixin.qq.com"
 DEFAULT_TIMESTAMP_TOLERANCE = 300
 
 DEFAULT_TEXTS = {
@@ -42,6 +43,16 @@ DEFAULT_FULL_ANSWER_DAYS = 7
 
 _TOKEN_RE = re.compile(r"^[A-Za-z0-9]{3,32}$")
 _APP_ID_RE = re.compile(r"^wx[0-9a-zA-Z]{16}$")
+# CorpIDs are "ww" + 16 characters; enterprises registered before 2019 have "wx" ones.
+_CORP_ID_RE = re.compile(r"^w[wx][0-9a-zA-Z]{16}$")
+_AGENT_ID_RE = re.compile(r"^[0-9]{1,10}$")
+
+
+class Platform(StrEnum):
+    """Who calls the endpoint (setting ``platform``)."""
+
+    OFFICIAL_ACCOUNT = "official_account"  # 公众号 / 服务号
+    WECOM = "wecom"  # 企业微信 self-built app (自建应用)
 
 
 class DeliveryMode(StrEnum):
@@ -108,7 +119,19 @@ class Settings:
     welcome_mode: WelcomeMode = WelcomeMode.TEXT
     full_answer_link: bool = True
     full_answer_days: float = DEFAULT_FULL_ANSWER_DAYS
+    platform: Platform = Platform.OFFICIAL_ACCOUNT
+    #: WeCom: the self-built app's AgentId (app messages are sent as this app).
+    agent_id: str = ""
+    #: WeCom: late answers as markdown messages (False: plain text, e.g. for users who
+    #: read WeCom messages inside WeChat, which shows no markdown).
+    wecom_markdown: bool = True
+    #: WeCom: welcome a member each time they open the app (enter_agent event).
+    welcome_on_enter: bool = False
     problems: tuple[SettingProblem, ...] = field(default=())
+
+    @property
+    def is_wecom(self) -> bool:
+        return self.platform is Platform.WECOM
 
     @property
     def encrypted_mode_available(self) -> bool:
@@ -121,11 +144,28 @@ class Settings:
         return bool(self.token)
 
     @property
+    def can_call_api(self) -> bool:
+        """The server API is usable: AppID/CorpID and secret (WeCom: and the AgentId)."""
+        if self.is_wecom:
+            return bool(self.app_secret and self.app_id and self.agent_id)
+        return bool(self.app_secret and self.app_id)
+
+    @property
     def can_push(self) -> bool:
-        """Customer-service messages need the AppSecret (and a verified account)."""
-        return bool(self.app_secret and self.app_id) and self.delivery_mode is not (
-            DeliveryMode.FETCH
-        )
+        """Pushing late answers: customer-service messages (AppSecret, verified account)
+        or WeCom app messages (Secret and AgentId)."""
+        return self.can_call_api and self.delivery_mode is not DeliveryMode.FETCH
+
+    @property
+    def push_quota(self) -> int:
+        """Messages pushed per user message: WeChat allows 5 customer-service messages;
+        WeCom has no such quota (30 per minute per member), 10 keeps answers readable."""
+        return 10 if self.is_wecom else 5
+
+    @property
+    def sends_markdown(self) -> bool:
+        """Answers are shaped as WeCom markdown (shown as text where only text goes)."""
+        return self.is_wecom and self.wecom_markdown and self.can_push
 
     @property
     def answer_retention_seconds(self) -> float:
@@ -145,8 +185,14 @@ class Settings:
 
     @property
     def can_speak(self) -> bool:
-        """Voice replies: switched on, a TTS model chosen, and media uploads possible."""
-        return self.voice_reply and bool(self.text_to_speech_model) and bool(self.app_secret)
+        """Voice replies: switched on, a TTS model chosen, and media uploads possible (not
+        on WeCom, whose voice messages must be AMR, which the plugin cannot encode)."""
+        return (
+            self.voice_reply
+            and bool(self.text_to_speech_model)
+            and bool(self.app_secret)
+            and not self.is_wecom
+        )
 
 
 def _text(raw: Mapping[str, Any], name: str, default: str = "") -> str:
@@ -234,7 +280,25 @@ def _is_local_host(host: str | None) -> bool:
     return address.is_loopback or address.is_private
 
 
-def load_settings(raw: Mapping[str, Any]) -> Settings:
+def _platform_mismatch(chosen: Platform, forced: Platform) -> SettingProblem:
+    if forced is Platform.WECOM:
+        return SettingProblem(
+            "platform",
+            "This is the WeCom URL (/wecom) but the platform setting says Official Account: "
+            "requests here are treated as WeCom; set the platform to wecom.",
+            "这是企业微信的地址 (/wecom)，但「平台」设置为公众号：此地址按企业微信处理，"
+            "请把平台改为 wecom。",
+        )
+    return SettingProblem(
+        "platform",
+        f"The platform setting says {chosen.value}, but this URL serves {forced.value}.",
+        f"「平台」设置为 {chosen.value}，但此地址用于 {forced.value}。",
+    )
+
+
+def load_settings(raw: Mapping[str, Any], forced_platform: Platform | None = None) -> Settings:
+    """Read the endpoint's settings; ``forced_platform`` is the platform of the URL the
+    request came to (``/wecom`` is always WeCom), whatever the setting says."""
     problems: list[SettingProblem] = []
 
     app = raw.get("app")
@@ -276,16 +340,44 @@ def load_settings(raw: Mapping[str, Any]) -> Settings:
             )
         )
 
+    platform = _choice(
+        raw,
+        "platform",
+        Platform.OFFICIAL_ACCOUNT,
+        problems,
+        "The platform must be official_account or wecom; using official_account.",
+        "平台必须是 official_account 或 wecom，已使用 official_account（公众号）。",
+    )
+    if forced_platform is not None and forced_platform is not platform:
+        problems.append(_platform_mismatch(platform, forced_platform))
+        platform = forced_platform
+    wecom = platform is Platform.WECOM
+
     app_id = _text(raw, "app_id")
     if not app_id:
         problems.append(
             SettingProblem(
                 "app_id",
-                "The AppID is missing; encrypted messages cannot be checked.",
-                "缺少 AppID，无法校验加密消息。",
+                "The CorpID is missing; no message can be decrypted."
+                if wecom
+                else "The AppID is missing; encrypted messages cannot be checked.",
+                "缺少企业ID (CorpID)，无法解密消息。"
+                if wecom
+                else "缺少 AppID，无法校验加密消息。",
+                fatal=wecom,
             )
         )
-    elif not _APP_ID_RE.match(app_id):
+    elif wecom and not _CORP_ID_RE.match(app_id):
+        problems.append(
+            SettingProblem(
+                "app_id",
+                "The CorpID looks wrong: it is 'ww' followed by 16 characters "
+                "(我的企业 → 企业信息 → 企业ID).",
+                "企业ID (CorpID) 格式不对：应为 ww 开头加 16 位字符"
+                "（「我的企业 → 企业信息 → 企业ID」）。",
+            )
+        )
+    elif not wecom and not _APP_ID_RE.match(app_id):
         problems.append(
             SettingProblem(
                 "app_id",
@@ -294,7 +386,38 @@ def load_settings(raw: Mapping[str, Any]) -> Settings:
             )
         )
 
+    agent_id = _text(raw, "agent_id")
+    if wecom and not agent_id:
+        problems.append(
+            SettingProblem(
+                "agent_id",
+                "The AgentId is missing: late answers cannot be sent as app messages and "
+                "wait for the fetch keyword (应用管理 → the app → AgentId).",
+                "缺少 AgentId：迟到的答案无法以应用消息发送，只能回复关键词获取"
+                "（「应用管理 → 应用 → AgentId」）。",
+            )
+        )
+    elif agent_id and not _AGENT_ID_RE.match(agent_id):
+        problems.append(
+            SettingProblem(
+                "agent_id",
+                "The AgentId must be a number such as 1000002; it is ignored.",
+                "AgentId 必须是数字（例如 1000002），已忽略。",
+            )
+        )
+        agent_id = ""
+
     aes_key = _text(raw, "encoding_aes_key")
+    if wecom and not aes_key:
+        problems.append(
+            SettingProblem(
+                "encoding_aes_key",
+                "WeCom encrypts every callback: the EncodingAESKey is required "
+                "(接收消息 → 设置API接收).",
+                "企业微信的回调全部加密：必须填写 EncodingAESKey（「接收消息 → 设置API接收」）。",
+                fatal=True,
+            )
+        )
     if aes_key:
         try:
             validate_encoding_aes_key(aes_key)
@@ -308,6 +431,19 @@ def load_settings(raw: Mapping[str, Any]) -> Settings:
             )
 
     api_base = normalize_api_base_url(_text(raw, "wechat_api_base_url"))
+    if wecom and api_base == DEFAULT_API_BASE_URL:
+        api_base = WECOM_API_BASE_URL  # the form's default is the Official Account API
+    elif not wecom and api_base == WECOM_API_BASE_URL:
+        problems.append(
+            SettingProblem(
+                "wechat_api_base_url",
+                "The API base URL is WeCom's (qyapi.weixin.qq.com) but the platform is "
+                "Official Account; using api.weixin.qq.com.",
+                "接口地址是企业微信的 (qyapi.weixin.qq.com)，但平台是公众号，"
+                "已使用 api.weixin.qq.com。",
+            )
+        )
+        api_base = DEFAULT_API_BASE_URL
     if api_base is None:
         problems.append(
             SettingProblem(
@@ -316,7 +452,7 @@ def load_settings(raw: Mapping[str, Any]) -> Settings:
                 "微信接口地址不是有效的 http(s) 地址，已使用默认值。",
             )
         )
-        api_base = DEFAULT_API_BASE_URL
+        api_base = WECOM_API_BASE_URL if wecom else DEFAULT_API_BASE_URL
 
     elif urlsplit(api_base).scheme == "http" and not _is_local_host(urlsplit(api_base).hostname):
         problems.append(
@@ -354,8 +490,13 @@ def load_settings(raw: Mapping[str, Any]) -> Settings:
         problems.append(
             SettingProblem(
                 "delivery_mode",
-                "Push needs the AppSecret; without it late answers are kept for the fetch keyword.",
-                "主动推送需要 AppSecret；未设置时，迟到的答案改为回复关键词获取。",
+                "Push needs the Secret; without it late answers are kept for the fetch keyword."
+                if wecom
+                else "Push needs the AppSecret; without it late answers are kept for the fetch "
+                "keyword.",
+                "主动推送需要应用的 Secret；未设置时，迟到的答案改为回复关键词获取。"
+                if wecom
+                else "主动推送需要 AppSecret；未设置时，迟到的答案改为回复关键词获取。",
             )
         )
 
@@ -430,7 +571,16 @@ def load_settings(raw: Mapping[str, Any]) -> Settings:
         )
     voice_reply = _flag(raw, "voice_reply", False)
     tts_model = _model(raw, "text_to_speech_model")
-    if voice_reply and not (tts_model and _text(raw, "app_secret")):
+    if voice_reply and wecom:
+        problems.append(
+            SettingProblem(
+                "voice_reply",
+                "Voice replies are not available for WeCom (its voice messages must be AMR); "
+                "replies stay text.",
+                "企业微信不支持语音回复（其语音消息必须是 AMR 格式），目前仍以文字回复。",
+            )
+        )
+    elif voice_reply and not (tts_model and _text(raw, "app_secret")):
         problems.append(
             SettingProblem(
                 "voice_reply",
@@ -473,6 +623,10 @@ def load_settings(raw: Mapping[str, Any]) -> Settings:
         welcome_mode=welcome_mode,
         full_answer_link=_flag(raw, "full_answer_link", True),
         full_answer_days=full_answer_days,
+        platform=platform,
+        agent_id=agent_id,
+        wecom_markdown=_flag(raw, "wecom_markdown", True),
+        welcome_on_enter=_flag(raw, "welcome_on_enter", False),
         problems=tuple(problems),
         **texts,
     )

@@ -4,6 +4,7 @@ where in the WeChat console. It shows which settings are set, never their values
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from html import escape
 from urllib.parse import urlsplit, urlunsplit
 
@@ -55,9 +56,19 @@ def _worker_rows(settings: Settings, health: WorkerHealth | None) -> str:
             "公网地址，或在 worker_base_url 中填写插件可访问的地址。",
         )
     mode = settings.delivery_mode
-    if mode is DeliveryMode.FETCH or not settings.app_secret:
+    if not settings.can_push:
         route_en = f"Late answers wait for the keyword 「{settings.fetch_keyword}」 (fetch)."
         route_zh = f"迟到的答案需用户回复「{settings.fetch_keyword}」获取。"
+    elif settings.is_wecom:
+        kind_en = "WeCom markdown" if settings.sends_markdown else "text"
+        kind_zh = "Markdown" if settings.sends_markdown else "文本"
+        route_en = (
+            f"Late answers are sent as app messages ({kind_en}); if WeCom refuses (e.g. "
+            "60020, IP not trusted) they wait for the keyword."
+        )
+        route_zh = (
+            f"迟到的答案以应用消息（{kind_zh}）发送；企业微信拒绝时（如 60020）改为回复关键词获取。"
+        )
     elif mode is DeliveryMode.PUSH:
         route_en, route_zh = (
             "Late answers are pushed (customer-service messages).",
@@ -82,22 +93,34 @@ def _media_rows(settings: Settings) -> str:
         )
     ]
     converter = audio.available()
-    if settings.speech_to_text_model and settings.app_secret and converter:
+    own = "WeCom sends no transcript" if settings.is_wecom else "WeChat's recognition"
+    if settings.speech_to_text_model and settings.can_call_api and converter:
         rows.append(
             _row(
                 True,
                 "speech_to_text_model",
-                "Voice without WeChat's recognition is transcribed by the chosen model.",
+                f"Voice ({own}) is transcribed by the chosen model.",
                 "微信未识别的语音由所选模型转成文字。",
             )
         )
-    elif settings.speech_to_text_model and settings.app_secret:
+    elif settings.speech_to_text_model and settings.can_call_api:
         rows.append(
             _row(
                 False,
                 "speech_to_text_model",
                 f"Voice cannot be converted here: {audio.describe()}.",
                 f"无法转换语音格式：{audio.describe()}。",
+            )
+        )
+    elif settings.is_wecom:
+        rows.append(
+            _row(
+                None,
+                "speech_to_text_model",
+                "Voice messages get the voice text; set the app's Secret and a speech-to-text "
+                "model to transcribe them (WeCom sends no transcript).",
+                "语音消息会收到提示文字；设置应用 Secret 和语音转文字模型后可转写语音"
+                "（企业微信不提供识别结果）。",
             )
         )
     else:
@@ -181,8 +204,8 @@ def _diag_counters(diagnostics: Diagnostics) -> str:
     return f"<table>{header}{''.join(rows)}</table>\n<p class=zh>{escape(legend)}</p>\n"
 
 
-def _diag_error(entry: JournalEntry) -> str:
-    en, zh = explain(entry.code, entry.ip, entry.detail)
+def _diag_error(entry: JournalEntry, wecom: bool) -> str:
+    en, zh = explain(entry.code, entry.ip, entry.detail, wecom=wecom)
     return (
         f"<tr><td>{escape(_utc(entry.at))}</td><td>{escape(entry.source)}</td>"
         f"<td><code>{escape(str(entry.code))}</code></td>"
@@ -191,7 +214,9 @@ def _diag_error(entry: JournalEntry) -> str:
     )
 
 
-def _diagnostics_section(health: WorkerHealth | None, diagnostics: Diagnostics | None) -> str:
+def _diagnostics_section(
+    health: WorkerHealth | None, diagnostics: Diagnostics | None, wecom: bool = False
+) -> str:
     """Only for the right key (see intake); empty otherwise, so the page is unchanged."""
     if diagnostics is None:
         return ""
@@ -199,7 +224,8 @@ def _diagnostics_section(health: WorkerHealth | None, diagnostics: Diagnostics |
         header = _cells(
             ["Time (UTC)", "Source / 来源", "Code", "Explanation / 说明", "Detail"], "th"
         )
-        errors = f"<table>{header}{''.join(_diag_error(e) for e in diagnostics.errors)}</table>"
+        rows = "".join(_diag_error(e, wecom) for e in diagnostics.errors)
+        errors = f"<table>{header}{rows}</table>"
     else:
         errors = "<p>No errors recorded. / 暂无错误记录。</p>"
     return (
@@ -232,6 +258,38 @@ def render_status_page(
             rows.append(_row(True, name, ok_en, ok_zh))
 
     check("app", "A Dify app is selected.", "已选择 Dify 应用。")
+    if settings.is_wecom:
+        _wecom_checks(settings, check)
+    else:
+        _official_account_checks(settings, check)
+    check("wechat_api_base_url", "The API base URL is valid.", "接口地址有效。")
+    check("timestamp_tolerance", "Timestamp tolerance is valid.", "时间戳容差有效。")
+    for name in ("delivery_mode", "worker_base_url", "answer_retention_hours", "full_answer_days"):
+        if name in problems:
+            check(name, "", "")
+
+    ready = not any(p.fatal for p in settings.problems) and "app" not in problems
+    headline = (
+        "Endpoint is live and ready. / 接口已就绪。"
+        if ready
+        else "Endpoint is live, but the settings need attention. / 接口在线，但配置需要修改。"
+    )
+    console = _wecom_console(url) if settings.is_wecom else _official_account_console(url, settings)
+    return _PAGE.format(
+        headline=escape(headline),
+        settings="".join(rows),
+        worker=_worker_rows(settings, health),
+        media=_media_rows(settings),
+        console=console,
+        diagnostics=_diagnostics_section(health, diagnostics, settings.is_wecom),
+    )
+
+
+Check = Callable[..., None]
+
+
+def _official_account_checks(settings: Settings, check: Check) -> None:
+    check("platform", "Platform: WeChat Official Account.", "接入平台：微信公众号。")
     check("wechat_token", "Token is set.", "已设置 Token。")
     check("app_id", "AppID is set.", "已设置 AppID。")
     check(
@@ -251,40 +309,34 @@ def render_status_page(
         "已设置 AppSecret。",
         None if settings.app_secret else ("Not set (optional).", "未设置（可选）。"),
     )
-    check("wechat_api_base_url", "WeChat API base URL is valid.", "微信接口地址有效。")
-    check("timestamp_tolerance", "Timestamp tolerance is valid.", "时间戳容差有效。")
-    for name in ("delivery_mode", "worker_base_url", "answer_retention_hours", "full_answer_days"):
-        if name in problems:
+
+
+def _wecom_checks(settings: Settings, check: Check) -> None:
+    check("platform", "Platform: WeCom self-built app.", "接入平台：企业微信自建应用。")
+    check("wechat_token", "Token is set.", "已设置 Token。")
+    check("app_id", "CorpID is set (in app_id).", "已设置企业ID（app_id）。")
+    check("agent_id", "AgentId is set.", "已设置 AgentId。")
+    check("encoding_aes_key", "EncodingAESKey is set.", "已设置 EncodingAESKey。")
+    check(
+        "app_secret",
+        "The app's Secret is set: late answers are sent as app messages.",
+        "已设置应用 Secret：迟到的答案以应用消息发送。",
+        None
+        if settings.app_secret
+        else (
+            "Not set: late answers wait for the fetch keyword, pictures and voice cannot be "
+            "downloaded.",
+            "未设置：迟到的答案只能回复关键词获取，无法下载图片和语音。",
+        ),
+    )
+    for name in ("voice_reply",):
+        if any(p.setting == name for p in settings.problems):
             check(name, "", "")
 
-    ready = not any(p.fatal for p in settings.problems) and "app" not in problems
-    headline = (
-        "Endpoint is live and ready for WeChat. / 接口已就绪。"
-        if ready
-        else "Endpoint is live, but the settings need attention. / 接口在线，但配置需要修改。"
-    )
+
+def _official_account_console(url: str, settings: Settings) -> str:
     mode = "安全模式 (safe)" if settings.encoding_aes_key else "明文模式 (plain)"
-    return f"""<!doctype html>
-<html lang="zh-CN"><head><meta charset="utf-8">
-<meta name="viewport" content="width=device-width, initial-scale=1">
-<meta name="robots" content="noindex">
-<title>WeChat ⇄ Dify endpoint</title>
-<style>
-body{{font-family:-apple-system,system-ui,sans-serif;max-width:760px;margin:2em auto;padding:0 1em;
-color:#222;line-height:1.5}}
-table{{border-collapse:collapse;width:100%}}td{{border-bottom:1px solid #eee;padding:.4em;
-vertical-align:top}}code{{background:#f4f4f4;padding:0 .3em;border-radius:3px}}
-.zh{{color:#555}}h1{{font-size:1.3em}}h2{{font-size:1.1em;margin-top:1.5em}}
-</style></head><body>
-<h1>WeChat ⇄ Dify</h1>
-<p><strong>{escape(headline)}</strong></p>
-<h2>Settings / 配置检查</h2>
-<table>{"".join(rows)}</table>
-<h2>Answers after 5 s / 超过 5 秒的答案</h2>
-<table>{_worker_rows(settings, health)}</table>
-<h2>Pictures and voice / 图片与语音</h2>
-<table>{_media_rows(settings)}</table>
-<h2>WeChat console / 公众号后台（设置与开发 → 基本配置 → 服务器配置）</h2>
+    return f"""<h2>WeChat console / 公众号后台（设置与开发 → 基本配置 → 服务器配置）</h2>
 <ol>
 <li>服务器地址(URL) / Server URL:
 <code>{escape(url) or "(this page's URL without the query)"}</code>
@@ -297,5 +349,44 @@ vertical-align:top}}code{{background:#f4f4f4;padding:0 .3em;border-radius:3px}}
 </ol>
 <p class=zh>If WeChat says 「该公众号暂时无法提供服务」,
 see the README's troubleshooting section.</p>
-{_diagnostics_section(health, diagnostics)}</body></html>
+"""
+
+
+def _wecom_console(url: str) -> str:
+    return f"""<h2>WeCom console / 企业微信管理后台
+（应用管理 → 自建应用 → 接收消息 → 设置API接收）</h2>
+<ol>
+<li>URL: <code>{escape(url) or "(this page's URL without the query)"}</code>
+ — reachable from the internet; verified enterprises need an ICP-filed domain of their own.</li>
+<li>Token: the same value as the <code>wechat_token</code> setting.</li>
+<li>EncodingAESKey: the same value as the <code>encoding_aes_key</code> setting.</li>
+<li>Save: WeCom verifies the URL at once (this endpoint answers within a second).</li>
+<li>企业可信IP (the app's page): add the Dify server's egress IP, or sending answers fails
+with 60020. 可见范围: members outside the app's visibility range cannot use it.</li>
+<li>Optional: 上报进入应用事件, for <code>welcome_on_enter</code>.</li>
+</ol>
+"""
+
+
+_PAGE = """<!doctype html>
+<html lang="zh-CN"><head><meta charset="utf-8">
+<meta name="viewport" content="width=device-width, initial-scale=1">
+<meta name="robots" content="noindex">
+<title>WeChat ⇄ Dify endpoint</title>
+<style>
+body{{font-family:-apple-system,system-ui,sans-serif;max-width:760px;margin:2em auto;padding:0 1em;
+color:#222;line-height:1.5}}
+table{{border-collapse:collapse;width:100%}}td{{border-bottom:1px solid #eee;padding:.4em;
+vertical-align:top}}code{{background:#f4f4f4;padding:0 .3em;border-radius:3px}}
+.zh{{color:#555}}h1{{font-size:1.3em}}h2{{font-size:1.1em;margin-top:1.5em}}
+</style></head><body>
+<h1>WeChat ⇄ Dify</h1>
+<p><strong>{headline}</strong></p>
+<h2>Settings / 配置检查</h2>
+<table>{settings}</table>
+<h2>Answers after 5 s / 超过 5 秒的答案</h2>
+<table>{worker}</table>
+<h2>Pictures and voice / 图片与语音</h2>
+<table>{media}</table>
+{console}{diagnostics}</body></html>
 """

@@ -29,11 +29,12 @@ from functools import partial
 from . import timing
 from .answering import AnswerKit, finish_answer
 from .concurrency import run_side_by_side, start_background
-from .delivery import Pusher, Router, TextSender, WeChatSender
+from .delivery import Pusher, Router
 from .diagnostics import Journal
 from .dify_app import AppAnswer, DifyApp
 from .outbox import Delivery, Outbox, Route
 from .retry_tracker import Job, JobState, RetryTracker
+from .senders import TextSender, sender_for
 from .settings import Settings
 from .storage import EndpointStore
 from .worker_link import WorkTicket, signature_valid, worker_key
@@ -202,7 +203,7 @@ class Worker:
         ctx = self._ctx
         sender = ctx.sender_factory() if ctx.sender_factory else None
         if sender is None:
-            sender = WeChatSender(ctx.settings, ctx.store)
+            sender = sender_for(ctx.settings, ctx.store)
         try:
             use(Pusher(ctx.settings, ctx.outbox, ctx.router, sender, ctx.sleep, ctx.journal))
         finally:

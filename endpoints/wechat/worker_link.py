@@ -38,6 +38,7 @@ import requests
 from . import timing
 from .answering import Question
 from .inbound_media import MediaRequest
+from .paths import group_base
 from .retry_tracker import Job, LocalSignals
 from .settings import Settings
 from .storage import EndpointStore
@@ -65,10 +66,11 @@ class WorkTicket:
     media: dict[str, str] | None = None  # MediaRequest to prepare before asking
     spoken: bool = False
     page_base: str = ""
+    platform: str = ""  # the platform of the URL the message came to ("" = the setting's)
 
     @classmethod
     def for_question(
-        cls, job: str, owner: str, question: Question, arrived_at: float
+        cls, job: str, owner: str, question: Question, arrived_at: float, platform: str = ""
     ) -> WorkTicket:
         return cls(
             job=job,
@@ -81,6 +83,7 @@ class WorkTicket:
             media=question.media.to_dict() if question.media else None,
             spoken=question.spoken,
             page_base=question.page_base,
+            platform=platform,
         )
 
     @property
@@ -113,9 +116,20 @@ class WorkTicket:
                 media=_media(data.get("media")),
                 spoken=bool(data.get("spoken", False)),
                 page_base=str(data.get("page_base", "")),
+                platform=str(data.get("platform", "")),
             )
         except (KeyError, ValueError, TypeError, AttributeError):
             return None
+
+    @staticmethod
+    def platform_in(body: bytes) -> str:
+        """The ticket's platform, read before the ticket is checked (the settings the
+        check needs depend on it; a forged value only fails the check)."""
+        try:
+            data = json.loads(body)
+        except ValueError:
+            return ""
+        return str(data.get("platform") or "") if isinstance(data, dict) else ""
 
 
 def _media(value: Any) -> dict[str, str] | None:
@@ -166,7 +180,8 @@ def header(headers: Mapping[str, str], name: str) -> str:
 
 
 def worker_url(headers: Mapping[str, str], settings: Settings) -> str | None:
-    """The worker endpoint's URL for a request to ``…/wechat``, or None if unknown."""
+    """The worker endpoint's URL for a request to ``…/wechat`` (or ``…/wecom``), or None if
+    unknown."""
     hook_id = header(headers, "Dify-Hook-Id")
     hook_url = header(headers, "Dify-Hook-Url")
     if settings.worker_base_url:
@@ -175,10 +190,10 @@ def worker_url(headers: Mapping[str, str], settings: Settings) -> str | None:
         return f"{settings.worker_base_url}/e/{hook_id}/wechat{WORKER_PATH_SUFFIX}"
     if hook_url:
         parts = urlsplit(hook_url)
-        path = parts.path.rstrip("/")
+        path = group_base(parts.path)
         if parts.scheme not in ("http", "https") or not parts.netloc:
             return None
-        if not path.endswith("/wechat") or (hook_id and f"/e/{hook_id}/" not in path + "/"):
+        if path is None or (hook_id and f"/e/{hook_id}/" not in path + "/"):
             return None
         return urlunsplit((parts.scheme, parts.netloc, path + WORKER_PATH_SUFFIX, "", ""))
     host = header(headers, "Host")

@@ -305,7 +305,7 @@ class ScriptedApp:
         self,
         mode: AppMode = "chat",
         respond: Responder | str | AppReply = "ok",
-        latency: float = 0.0,
+        latency: float | Callable[[], float] = 0.0,
         *,
         chunks: int = 3,
         error_after: float | None = None,
@@ -322,7 +322,9 @@ class ScriptedApp:
             raise ValueError(f"unknown app mode {mode!r}")
         self.mode: str = mode
         self.respond: Responder | str | AppReply = respond
-        self.latency = latency
+        #: Seconds until the answer is complete, or a callable giving them when a call
+        #: starts (e.g. "until a given moment", whatever the plugin's overhead was).
+        self.latency: float | Callable[[], float] = latency
         self.chunks = chunks
         self.error_after = error_after
         self.error_code = error_code
@@ -437,7 +439,7 @@ class ScriptedApp:
         message_id = str(uuid.uuid4())
         run_id = str(uuid.uuid4())
         cid = req.conversation_id
-        lat = max(0.0, self.latency)
+        lat = max(0.0, self.latency() if callable(self.latency) else self.latency)
         failed = isinstance(answer, BaseException)
         reply = answer if isinstance(answer, AppReply) else None
         text: str

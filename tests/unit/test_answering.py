@@ -15,7 +15,6 @@ from endpoints.wechat import audio, dify_services
 from endpoints.wechat.answer_pages import AnswerPages, page_key, read_token
 from endpoints.wechat.answering import AnswerKit, Question, finish_answer, paginate
 from endpoints.wechat.conversations import ConversationStore
-from endpoints.wechat.delivery import PUSH_QUOTA
 from endpoints.wechat.dify_app import AnswerFile, AppAnswer, AppCancelled, DifyApp
 from endpoints.wechat.formatters import TEXT_BUDGET_BYTES, utf8_len
 from endpoints.wechat.inbound_media import Download, MediaRequest, Prepared, TooLarge
@@ -44,6 +43,8 @@ TTS_MODEL = {"provider": "p", "model": "tts-1", "voice": "alloy"}
 STT_MODEL = {"provider": "p", "model": "whisper-1"}
 HINT_RESERVE = max(utf8_len(MORE_HINT.format(keyword="1")), utf8_len(PUSH_MORE_HINT))
 LINK_RE = re.compile(r'\n\n<a href="([^"]+)">阅读全文</a>$')
+
+PUSH_QUOTA = 5  # an Official Account's Settings.push_quota
 
 #: An answer of more than PUSH_QUOTA WeChat messages.
 LONG = "\n\n".join(f"第{i}段：" + "这是一段很长的回答内容，讲得很细。" * 40 for i in range(8))

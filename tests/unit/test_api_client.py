@@ -653,8 +653,10 @@ def test_public_names() -> None:
         "DEFAULT_TIMEOUT",
         "AccessTokenCache",
         "AccessTokenInvalid",
+        "ContentRejected",
         "ContentTooLong",
         "CredentialError",
+        "IPNotTrusted",
         "IPNotWhitelisted",
         "MediaFile",
         "MediaKind",
@@ -662,6 +664,7 @@ def test_public_names() -> None:
         "QuotaExceeded",
         "RateLimited",
         "Response",
+        "ServerAPIClient",
         "Transport",
         "TransportError",
         "Unauthorized",
@@ -670,7 +673,9 @@ def test_public_names() -> None:
         "WeChatAPIError",
         "WeChatClient",
         "WeChatError",
+        "WeComClient",
         "error_for",
+        "wecom_error_for",
     }
     for name in api.__all__:
         assert getattr(api, name) is not None

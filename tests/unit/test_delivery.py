@@ -15,20 +15,17 @@ from endpoints.wechat.api import (
     Unauthorized,
     UserUnavailable,
 )
-from endpoints.wechat.delivery import (
-    PUSH_BLOCKED_SECONDS,
-    PUSH_QUOTA,
-    Pusher,
-    Router,
-    TextSender,
-)
+from endpoints.wechat.delivery import PUSH_BLOCKED_SECONDS, Pusher, Router
 from endpoints.wechat.outbox import Delivery, Outbox, Route
 from endpoints.wechat.parts import PartKind, media_part
 from endpoints.wechat.retry_tracker import RetryTracker
+from endpoints.wechat.senders import TextSender
 from endpoints.wechat.settings import Settings, load_settings
 from endpoints.wechat.storage import EndpointStore
 from endpoints.wechat.texts import MORE_HINT
 from tests.fakes import FakeClock, MemoryStorage
+
+PUSH_QUOTA = 5  # an Official Account's Settings.push_quota
 
 APP_ID = "wx1234567890abcdef"
 OPENID = "oUSER123"

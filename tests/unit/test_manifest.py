@@ -45,6 +45,8 @@ def test_endpoints_contract() -> None:
         ("POST", "/wechat"),
         ("POST", "/wechat/worker"),
         ("GET", "/wechat/answer/<token>"),
+        ("GET", "/wecom"),
+        ("POST", "/wecom"),
     }
     hidden = {load(p)["path"] for p in group["endpoints"] if load(p).get("hidden")}
     assert hidden == {"/wechat/worker"}
@@ -62,11 +64,15 @@ def test_settings_contract_and_translations() -> None:
         "encoding_aes_key": ("secret-input", False),
         "app_secret": ("secret-input", False),
         "wechat_api_base_url": ("text-input", False),
+        "platform": ("select", False),
+        "agent_id": ("text-input", False),
     }
     for name, (kind, required) in contract.items():
         assert settings[name]["type"] == kind, name
         assert bool(settings[name].get("required")) is required, name
     assert settings["wechat_api_base_url"]["default"] == "https://api.weixin.qq.com"
+    assert settings["platform"]["default"] == "official_account"
+    assert [o["value"] for o in settings["platform"]["options"]] == ["official_account", "wecom"]
     for name, setting in settings.items():
         for field in ("label", "help"):
             assert {"en_US", "zh_Hans"} <= set(setting[field]), f"{name}.{field}"

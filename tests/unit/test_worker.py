@@ -13,11 +13,12 @@ import pytest
 
 from endpoints.wechat import delivery, timing
 from endpoints.wechat.conversations import ConversationStore
-from endpoints.wechat.delivery import Router, TextSender
+from endpoints.wechat.delivery import Router
 from endpoints.wechat.dify_app import DifyApp
 from endpoints.wechat.outbox import Outbox, Route
 from endpoints.wechat.parts import PartKind
 from endpoints.wechat.retry_tracker import Job, JobState, LocalSignals, RetryTracker
+from endpoints.wechat.senders import TextSender
 from endpoints.wechat.settings import load_settings
 from endpoints.wechat.storage import EndpointStore, hashed
 from endpoints.wechat.worker import Worker, WorkerContext, WorkerRefusal, check_ticket

@@ -1,4 +1,5 @@
-"""WeChat Official Account server API: access token, customer-service messages, typing, media.
+"""WeChat server APIs: the Official Account's (access token, customer-service messages, typing,
+media) and WeCom's (token, app messages, media), over one request core.
 
 Pure Python (``requests``), no Dify imports. Usage::
 
@@ -10,11 +11,13 @@ Pure Python (``requests``), no Dify imports. Usage::
 Errors: see :mod:`.errors` (tree at the top). Token sharing: see :mod:`.token_cache`.
 """
 
-from .client import DEFAULT_TIMEOUT, Response, Transport, WeChatClient
+from .client import DEFAULT_TIMEOUT, Response, ServerAPIClient, Transport, WeChatClient
 from .errors import (
     AccessTokenInvalid,
+    ContentRejected,
     ContentTooLong,
     CredentialError,
+    IPNotTrusted,
     IPNotWhitelisted,
     OutOfWindow,
     QuotaExceeded,
@@ -25,16 +28,20 @@ from .errors import (
     WeChatAPIError,
     WeChatError,
     error_for,
+    wecom_error_for,
 )
 from .media import MediaFile, MediaKind, UploadedMedia
 from .token_cache import AccessTokenCache
+from .wecom import WeComClient
 
 __all__ = [
     "DEFAULT_TIMEOUT",
     "AccessTokenCache",
     "AccessTokenInvalid",
+    "ContentRejected",
     "ContentTooLong",
     "CredentialError",
+    "IPNotTrusted",
     "IPNotWhitelisted",
     "MediaFile",
     "MediaKind",
@@ -42,6 +49,7 @@ __all__ = [
     "QuotaExceeded",
     "RateLimited",
     "Response",
+    "ServerAPIClient",
     "Transport",
     "TransportError",
     "Unauthorized",
@@ -50,5 +58,7 @@ __all__ = [
     "WeChatAPIError",
     "WeChatClient",
     "WeChatError",
+    "WeComClient",
     "error_for",
+    "wecom_error_for",
 ]

@@ -28,7 +28,7 @@ import re
 import time
 from collections.abc import Callable, Mapping
 from contextvars import ContextVar
-from typing import Any, Literal, Protocol, overload
+from typing import Any, Literal, Protocol, Self, overload
 from urllib.parse import urlsplit
 
 import requests
@@ -89,27 +89,24 @@ class Transport(Protocol):
 _deadline: ContextVar[float | None] = ContextVar("wechat_api_deadline", default=None)
 
 
-class WeChatClient:
-    """Client of the WeChat Official Account server API for one AppID.
+class ServerAPIClient:
+    """The request core shared by the Official Account and WeCom clients.
 
-    ``store`` is the endpoint's storage (shared token cache); ``clock`` gives wall-clock
-    seconds for token expiry; ``timeout`` is the default budget of one call in seconds.
+    ``owner`` names whose token this is (the AppID, or CorpID and AgentId) and keys the
+    shared token cache; ``secret`` is redacted from every error text. Subclasses fetch
+    tokens their platform's way and bind their API groups.
     """
 
     tokens: AccessTokenCache
     """The shared access-token cache (``get``, ``invalidate``), e.g. for a status check."""
-    custom_message: CustomMessageAPI
-    """客服消息: ``send_text``, ``send_image``."""
-    typing: TypingAPI
-    """Typing indicator: ``start``, ``stop``."""
     media: MediaAPI
     """Temporary media: ``upload``, ``download``."""
 
     def __init__(
         self,
         base_url: str,
-        app_id: str,
-        app_secret: str,
+        owner: str,
+        secret: str,
         store: EndpointStore,
         transport: Transport | None = None,
         clock: Callable[[], float] = time.time,
@@ -118,25 +115,35 @@ class WeChatClient:
         self._base_url = base_url.rstrip("/")
         parts = urlsplit(self._base_url)
         self._host = parts.netloc.rpartition("@")[2] or "WeChat API"
-        self._app_id = app_id
-        self._secret = app_secret
+        self._secret = secret
         self._owns_transport = transport is None
         self._transport: Transport = transport if transport is not None else requests.Session()
         self._timeout = timeout
-        self.tokens = AccessTokenCache(store, self._fetch_token, clock, app_id=app_id)
-        self.custom_message = CustomMessageAPI(self)
-        self.typing = TypingAPI(self)
+        self.tokens = AccessTokenCache(store, self._fetch_token, clock, app_id=owner)
         self.media = MediaAPI(self)
 
-    def __repr__(self) -> str:
-        return f"WeChatClient({self._host!r}, app_id={self._app_id!r})"
+    def _fetch_token(self) -> tuple[str, int]:
+        """A fresh ``(access_token, expires_in)``; raises a :class:`WeChatError`."""
+        raise NotImplementedError
+
+    def _error(self, errcode: int, errmsg: str, redact: tuple[str, ...]) -> WeChatAPIError:
+        """The typed exception for an ``errcode`` answer (platforms differ in codes)."""
+        return error_for(errcode, errmsg, redact=redact)
+
+    def _token_from(self, path: str, data: Mapping[str, Any]) -> tuple[str, int]:
+        token, expires_in = data.get("access_token"), data.get("expires_in")
+        if not isinstance(token, str) or not token or not isinstance(expires_in, int):
+            raise TransportError(f"{self._host}{path}: answer without a token")
+        if expires_in <= 0:
+            raise TransportError(f"{self._host}{path}: token already expired")
+        return token, expires_in
 
     def close(self) -> None:
         """Close the transport if the client created it."""
         if self._owns_transport and isinstance(self._transport, requests.Session):
             self._transport.close()
 
-    def __enter__(self) -> WeChatClient:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *exc_info: object) -> None:
@@ -216,28 +223,6 @@ class WeChatClient:
             return self._media(path, response, redact)
         return self._json(path, response, redact)
 
-    def _fetch_token(self) -> tuple[str, int]:
-        """``POST /cgi-bin/stable_token`` in normal mode (see ``token_cache`` for why)."""
-        if not self._app_id or not self._secret:
-            raise error_for(41004 if self._app_id else 41002, "appid or appsecret missing")
-        response = self._send(
-            "POST",
-            STABLE_TOKEN_PATH,
-            json={
-                "grant_type": "client_credential",
-                "appid": self._app_id,
-                "secret": self._secret,
-                "force_refresh": False,
-            },
-        )
-        data = self._json(STABLE_TOKEN_PATH, response, (self._secret,))
-        token, expires_in = data.get("access_token"), data.get("expires_in")
-        if not isinstance(token, str) or not token or not isinstance(expires_in, int):
-            raise TransportError(f"{self._host}{STABLE_TOKEN_PATH}: answer without a token")
-        if expires_in <= 0:
-            raise TransportError(f"{self._host}{STABLE_TOKEN_PATH}: token already expired")
-        return token, expires_in
-
     def _send(
         self,
         method: str,
@@ -316,10 +301,55 @@ class WeChatClient:
         if not isinstance(errcode, int):
             raise TransportError(f"{self._host}{path}: malformed errcode")
         errmsg = data.get("errmsg")
-        error: WeChatAPIError = error_for(
-            errcode, errmsg if isinstance(errmsg, str) else "", redact=redact
+        raise self._error(errcode, errmsg if isinstance(errmsg, str) else "", redact)
+
+
+class WeChatClient(ServerAPIClient):
+    """Client of the WeChat Official Account server API for one AppID.
+
+    ``store`` is the endpoint's storage (shared token cache); ``clock`` gives wall-clock
+    seconds for token expiry; ``timeout`` is the default budget of one call in seconds.
+    """
+
+    custom_message: CustomMessageAPI
+    """客服消息: ``send_text``, ``send_image``."""
+    typing: TypingAPI
+    """Typing indicator: ``start``, ``stop``."""
+
+    def __init__(
+        self,
+        base_url: str,
+        app_id: str,
+        app_secret: str,
+        store: EndpointStore,
+        transport: Transport | None = None,
+        clock: Callable[[], float] = time.time,
+        timeout: float = DEFAULT_TIMEOUT,
+    ) -> None:
+        super().__init__(base_url, app_id, app_secret, store, transport, clock, timeout)
+        self._app_id = app_id
+        self.custom_message = CustomMessageAPI(self)
+        self.typing = TypingAPI(self)
+
+    def __repr__(self) -> str:
+        return f"WeChatClient({self._host!r}, app_id={self._app_id!r})"
+
+    def _fetch_token(self) -> tuple[str, int]:
+        """``POST /cgi-bin/stable_token`` in normal mode (see ``token_cache`` for why)."""
+        if not self._app_id or not self._secret:
+            raise error_for(41004 if self._app_id else 41002, "appid or appsecret missing")
+        response = self._send(
+            "POST",
+            STABLE_TOKEN_PATH,
+            json={
+                "grant_type": "client_credential",
+                "appid": self._app_id,
+                "secret": self._secret,
+                "force_refresh": False,
+            },
         )
-        raise error
+        data = self._json(STABLE_TOKEN_PATH, response, (self._secret,))
+        return self._token_from(STABLE_TOKEN_PATH, data)
 
 
 def _json_object(body: bytes) -> dict[str, Any] | None:

@@ -14,11 +14,15 @@ Exception tree::
         ├── ContentTooLong       45002
         ├── RateLimited          45009, 45011, -1 — try again later
         ├── UserUnavailable      40003, 43004, 48002 — bad OpenID, not following, blocked
-        └── CredentialError      40013, 40125, 40243 — AppID / AppSecret wrong or frozen;
-                                 41002, 41004 — AppID / AppSecret missing
+        ├── CredentialError      40013, 40125, 40243 — AppID / AppSecret wrong or frozen;
+        │                        41002, 41004 — AppID / AppSecret missing
+        ├── IPNotTrusted         WeCom 60020 — ``ip`` is the address to add to 企业可信IP
+        └── ContentRejected      WeCom 40058 — a parameter (e.g. markdown) was refused
 
-``error_for(errcode, errmsg)`` is the only place that turns an errcode into an exception;
-unknown codes become a plain ``WeChatAPIError``. Codes and meanings:
+``error_for(errcode, errmsg)`` (Official Account) and ``wecom_error_for`` (WeCom, where
+some codes mean something else: 40001 is a wrong Secret there, not a stale token) are the
+only places that turn an errcode into an exception; unknown codes become a plain
+``WeChatAPIError``. Codes and meanings:
 ``/work/shared/reference/wechat-protocol.md`` §7-§9 and
 https://developers.weixin.qq.com/doc/offiaccount/Getting_Started/Global_Return_Code.html
 
@@ -44,6 +48,7 @@ _CREDENTIAL_RE = re.compile(
     r"(?P<name>access_token|secret|appsecret)(?P<sep>\s*[=:]\s*)[^\s&,;\"']+", re.IGNORECASE
 )
 _IP_RE = re.compile(r"invalid ip\s+([0-9A-Fa-f.:]+[0-9A-Fa-f])")
+_WECOM_IP_RE = re.compile(r"from ip:\s*([0-9A-Fa-f.:]+[0-9A-Fa-f])")
 _MAX_ERRMSG = 500  # WeChat's errmsg is short; a proxy's error page is not
 
 
@@ -176,6 +181,33 @@ class CredentialError(WeChatAPIError):
     )
 
 
+class IPNotTrusted(WeChatAPIError):
+    """WeCom 60020: the server's egress IP is not among the app's trusted IPs."""
+
+    codes = (60020,)
+    hint = (
+        "Add this server's egress IP to the WeCom app's trusted IPs (应用管理 → the app → "
+        "企业可信IP; a trusted domain or the callback URL must be set first)."
+    )
+
+    def __init__(self, errcode: int, errmsg: str, *, hint: str | None = None) -> None:
+        super().__init__(errcode, errmsg, hint=hint)
+        match = _WECOM_IP_RE.search(errmsg)
+        self.ip: str | None = match.group(1) if match else None
+        if hint is None and self.ip:
+            self.hint = (
+                f"Add {self.ip} to the WeCom app's trusted IPs (应用管理 → the app → 企业可信IP; "
+                "a trusted domain or the callback URL must be set first)."
+            )
+
+
+class ContentRejected(WeChatAPIError):
+    """WeCom 40058: a parameter was refused, e.g. markdown the API would not take."""
+
+    codes = (40058,)
+    hint = "WeCom refused a parameter of the message (e.g. markdown too long); sent as text."
+
+
 _CLASSES: tuple[type[WeChatAPIError], ...] = (
     AccessTokenInvalid,
     IPNotWhitelisted,
@@ -212,6 +244,52 @@ _HINTS: dict[int, str] = {
     45081: "A typing indicator is already shown (it lasts 15 seconds).",
     89503: "WeChat wants an admin to confirm calls from this IP (risky IP); confirm in the app.",
 }
+
+
+# WeCom's codes (https://developer.work.weixin.qq.com/document/path/90313; wechat-protocol.md
+# §10.5): the same numbers as the Official Account's sometimes mean something else.
+_WECOM_CLASSES: dict[int, type[WeChatAPIError]] = {
+    40001: CredentialError,  # invalid secret
+    40013: CredentialError,  # invalid corpid
+    40014: AccessTokenInvalid,
+    42001: AccessTokenInvalid,
+    40056: CredentialError,  # invalid agentid
+    40058: ContentRejected,
+    45009: RateLimited,
+    45033: RateLimited,
+    48002: Unauthorized,
+    60020: IPNotTrusted,
+    81013: UserUnavailable,
+    -1: RateLimited,
+}
+_WECOM_HINTS: dict[int, str] = {
+    -1: "WeCom reports a system error; try again in a few seconds.",
+    40001: "The Secret is wrong: copy the app's Secret again (应用管理 → the app → Secret).",
+    40013: "The CorpID is wrong: copy it again from 我的企业 → 企业信息 → 企业ID.",
+    40014: "The access token was rejected even after a refresh: check the app's Secret.",
+    42001: "The access token expired and a fresh one was refused: check the app's Secret.",
+    40056: "The AgentId is wrong: copy it from 应用管理 → the app → AgentId.",
+    41001: "The access token is missing from the request.",
+    45009: "WeCom's API limit was reached; try again later.",
+    45033: "Too many calls at once; try again shortly.",
+    48002: (
+        "WeCom forbids this API for the app: check the app's permissions and that the "
+        "Secret is the app's own (not the contacts or another app's Secret)."
+    ),
+    81013: (
+        "The member cannot receive the app's messages: check the app's visibility range "
+        "(可见范围) and that the member has not left or been disabled."
+    ),
+}
+
+
+def wecom_error_for(errcode: int, errmsg: str, *, redact: Iterable[str] = ()) -> WeChatAPIError:
+    """The typed exception for a WeCom ``errcode``; ``redact`` values are masked in texts."""
+    cls = _WECOM_CLASSES.get(errcode, WeChatAPIError)
+    hint = _WECOM_HINTS.get(errcode)
+    if hint is None and cls is WeChatAPIError:
+        hint = f"Look the code up: https://open.work.weixin.qq.com/devtool/query?e={errcode}"
+    return cls(errcode, sanitize(errmsg, redact), hint=hint)
 
 
 def error_for(errcode: int, errmsg: str, *, redact: Iterable[str] = ()) -> WeChatAPIError:

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Literal, get_args
 from .errors import TransportError
 
 if TYPE_CHECKING:
-    from .client import WeChatClient
+    from .client import ServerAPIClient
 
 UPLOAD_PATH = "/cgi-bin/media/upload"
 DOWNLOAD_PATH = "/cgi-bin/media/get"
@@ -54,7 +54,7 @@ class UploadedMedia:
 class MediaAPI:
     """``client.media``: ``POST /cgi-bin/media/upload``, ``GET /cgi-bin/media/get``."""
 
-    def __init__(self, client: WeChatClient) -> None:
+    def __init__(self, client: ServerAPIClient) -> None:
         self._client = client
 
     def upload(

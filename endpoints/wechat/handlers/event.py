@@ -1,6 +1,6 @@
 """Events: follow → welcome, unfollow → forget the user, menu click → the menu map or the
-app; the rest are acknowledged silently (answering a VIEW or LOCATION event would confuse
-the user)."""
+app, WeCom's enter_agent → the welcome if switched on; the rest are acknowledged silently
+(answering a VIEW or LOCATION event would confuse the user)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,14 @@ import logging
 from ..dify_services import app_profile
 from ..formatters import markdown_to_wechat_text
 from ..menus import MenuKind, menu_action
-from ..models import ClickEvent, EventMessage, InboundMessage, SubscribeEvent, UnsubscribeEvent
+from ..models import (
+    ClickEvent,
+    EnterAgentEvent,
+    EventMessage,
+    InboundMessage,
+    SubscribeEvent,
+    UnsubscribeEvent,
+)
 from ..settings import ClickEventMode, WelcomeMode
 from ..texts import CONVERSATION_CLEARED, HELP_TEMPLATE, WELCOME_QUERY
 from .base import SILENT, AskApp, HandlerContext, Outcome, Reply, TypeHandler
@@ -18,25 +25,39 @@ from .commands import CLEAR_COMMANDS, HELP_COMMANDS, normalise_command
 logger = logging.getLogger(__name__)
 
 
+def welcome(ctx: HandlerContext, qr_scene: str = "") -> Outcome:
+    """What a new follower (or a WeCom member opening the app) gets, per ``welcome_mode``."""
+    settings = ctx.settings
+    if settings.welcome_mode is WelcomeMode.APP:
+        # The app sees wechat_event (subscribe / enter_agent) and wechat_qr_scene.
+        return AskApp(WELCOME_QUERY)
+    if settings.welcome_mode is WelcomeMode.OPENING_STATEMENT and ctx.services is not None:
+        opening = app_profile(ctx.services, settings.dify_app_id).opening_statement
+        if opening:
+            return Reply(markdown_to_wechat_text(opening))
+        logger.info("The app has no opening statement; sending the welcome message")
+    text = settings.welcome_message
+    if not text:
+        return SILENT
+    # The welcome may mention the QR scene the user came from.
+    return Reply(text.replace("{qr_scene}", qr_scene))
+
+
 class SubscribeHandler(TypeHandler):
     handles = (SubscribeEvent,)
 
     def handle(self, message: InboundMessage, ctx: HandlerContext) -> Outcome:
         assert isinstance(message, SubscribeEvent)
-        settings = ctx.settings
-        if settings.welcome_mode is WelcomeMode.APP:
-            # The app sees wechat_event=subscribe and wechat_qr_scene among its inputs.
-            return AskApp(WELCOME_QUERY)
-        if settings.welcome_mode is WelcomeMode.OPENING_STATEMENT and ctx.services is not None:
-            opening = app_profile(ctx.services, settings.dify_app_id).opening_statement
-            if opening:
-                return Reply(markdown_to_wechat_text(opening))
-            logger.info("The app has no opening statement; sending the welcome message")
-        welcome = settings.welcome_message
-        if not welcome:
-            return SILENT
-        # The welcome may mention the QR scene the user came from.
-        return Reply(welcome.replace("{qr_scene}", message.qr_scene))
+        return welcome(ctx, message.qr_scene)
+
+
+class EnterAgentHandler(TypeHandler):
+    """WeCom: a member opened the app; welcomed only when ``welcome_on_enter`` is on."""
+
+    handles = (EnterAgentEvent,)
+
+    def handle(self, message: InboundMessage, ctx: HandlerContext) -> Outcome:
+        return welcome(ctx) if ctx.settings.welcome_on_enter else SILENT
 
 
 class UnsubscribeHandler(TypeHandler):
