@@ -51,7 +51,7 @@ from collections import defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any
+from typing import Any, Self
 from urllib.parse import parse_qs, urlsplit
 
 DEFAULT_APP_ID = "wxfa4e0000c0ffee00"
@@ -179,15 +179,36 @@ def _json_answer(payload: dict[str, Any], status: int = 200) -> _Answer:
     return _Answer(status=status, body=body)
 
 
-def _error(errcode: int, errmsg: str | None = None) -> _Answer:
-    return _json_answer({"errcode": errcode, "errmsg": errmsg or ERRMSGS.get(errcode, "error")})
-
-
 _OK = {"errcode": 0, "errmsg": "ok"}
 
 
 class FakeWeChatAPI:
-    """The fake server; see the module docstring. Thread-safe; use as a context manager."""
+    """The fake server; see the module docstring. Thread-safe; use as a context manager.
+
+    Subclasses for other WeChat-family APIs (``tests/fake_wecom_api.py``) override the class
+    attributes below and the hooks :meth:`_token_route`, :meth:`_check_access`,
+    :meth:`_api_route`, :meth:`_error`, :meth:`_parse_json`, :meth:`_kind_for`,
+    :meth:`_uploaded` and :meth:`_shown`.
+    """
+
+    TOKEN_PATHS: tuple[str, ...] = TOKEN_PATHS
+    """Token endpoints: no access token needed; untargeted scripts skip them. The first one
+    is what :attr:`token_fetches` counts."""
+    INVALID_TOKEN_ERRCODE = 40001
+    """The answer to an unknown or revoked access token."""
+    ERRMSGS: dict[int, str] = ERRMSGS
+    MEDIA_LIMITS: dict[str, int] = MEDIA_LIMITS
+    MEDIA_EXTENSIONS: dict[str, frozenset[str]] = MEDIA_EXTENSIONS
+    """Allowed extensions per upload ``type``; an empty set allows any."""
+    MEDIA_SIZE_ERRCODES: dict[str, int] = MEDIA_SIZE_ERRCODES
+    MEDIA_MSGTYPES: tuple[str, ...] = ("image", "voice", "video")
+    """Message types that carry a ``media_id`` the fake must know (of that kind)."""
+    CONTENT_MSGTYPES: tuple[str, ...] = ("text",)
+    """Message types whose ``content`` :meth:`timeline` shows."""
+    VIDEO_AS_URL = True
+    """media/get answers a video as ``{"video_url": …}`` (OA) rather than its bytes."""
+    MISSING_MEDIA_CONTENT_TYPE = "text/plain"
+    """Content-Type of media/get's JSON error for an unknown media_id."""
 
     def __init__(
         self,
@@ -209,7 +230,7 @@ class FakeWeChatAPI:
         self._changed = threading.Condition(self._lock)
         self._stopping = threading.Event()
         self._tokens: dict[str, _Token] = {}
-        self._stable: str | None = None
+        self._current: str | None = None
         self._classic: str | None = None
         self._scripts: list[_Script] = []
         self._calls: list[Call] = []
@@ -224,8 +245,8 @@ class FakeWeChatAPI:
 
     # -- lifecycle ------------------------------------------------------------------------
 
-    def start(self) -> FakeWeChatAPI:
-        fake = self
+    def start(self) -> Self:
+        fake: FakeWeChatAPI = self
 
         class Handler(_Handler):
             api = fake
@@ -247,7 +268,7 @@ class FakeWeChatAPI:
             self._thread.join(timeout=5)
         self._server = self._thread = None
 
-    def __enter__(self) -> FakeWeChatAPI:
+    def __enter__(self) -> Self:
         return self.start()
 
     def __exit__(self, *exc_info: object) -> None:
@@ -266,23 +287,23 @@ class FakeWeChatAPI:
     def current_token(self) -> str | None:
         """The token stable_token hands out now (None before the first call)."""
         with self._lock:
-            return self._stable
+            return self._current
 
     def expire_token(self, token: str | None = None) -> None:
         """Let ``token`` (default: the current stable token) expire: next use → 42001."""
         with self._lock:
-            target = token or self._stable
+            target = token or self._current
             if target in self._tokens:
                 self._tokens[target].expires_at = self._clock() - 1
 
     def revoke_token(self, token: str | None = None) -> None:
         """Revoke ``token`` (default: current) as a force refresh elsewhere would: → 40001."""
         with self._lock:
-            target = token or self._stable
+            target = token or self._current
             if target in self._tokens:
                 self._tokens[target].revoked = True
-            if target == self._stable:
-                self._stable = None
+            if target == self._current:
+                self._current = None
 
     def fail(
         self, errcode: int, *, times: int = 1, path: str | None = None, errmsg: str | None = None
@@ -331,9 +352,7 @@ class FakeWeChatAPI:
         ``content``. ``media_id`` picks the id (e.g. the one a simulated push carries).
         """
         media_id = media_id or secrets.token_urlsafe(24)
-        if kind is None:
-            major = content_type.partition("/")[0]
-            kind = {"audio": "voice", "video": "video"}.get(major, "image")
+        kind = kind or self._kind_for(content_type)
         ext = _MIME_EXTENSIONS.get(content_type) or content_type.rpartition("/")[2] or "bin"
         with self._lock:
             self._media[media_id] = StoredMedia(
@@ -345,6 +364,11 @@ class FakeWeChatAPI:
                 media_id,
             )
         return media_id
+
+    def _kind_for(self, content_type: str) -> str:
+        """The media kind :meth:`add_media` assumes for ``content_type``."""
+        major = content_type.partition("/")[0]
+        return {"audio": "voice", "video": "video"}.get(major, "image")
 
     def unfollow(self, openid: str) -> None:
         """``openid`` no longer follows the account: sends answer 43004."""
@@ -368,8 +392,8 @@ class FakeWeChatAPI:
 
     @property
     def token_fetches(self) -> int:
-        """How many times ``/cgi-bin/stable_token`` was called."""
-        return self.count(STABLE_TOKEN)
+        """How many times the token endpoint (``/cgi-bin/stable_token``) was called."""
+        return self.count(self.TOKEN_PATHS[0])
 
     def outbox(self, openid: str) -> list[dict[str, Any]]:
         """Accepted custom/send and typing bodies for ``openid``, in arrival order."""
@@ -384,13 +408,17 @@ class FakeWeChatAPI:
             msgtype = body.get("msgtype")
             if "command" in body:
                 seen.append(("typing", body["command"]))
-            elif msgtype == "text":
-                seen.append(("text", body["text"]["content"]))
-            elif msgtype in ("image", "voice", "video"):
+            elif msgtype in self.CONTENT_MSGTYPES:
+                seen.append((msgtype, self._shown(msgtype, body[msgtype]["content"])))
+            elif msgtype in self.MEDIA_MSGTYPES:
                 seen.append((msgtype, body[msgtype]["media_id"]))
             else:
                 seen.append((str(body.get("msgtype")), json.dumps(body, ensure_ascii=False)))
         return seen
+
+    def _shown(self, msgtype: str, content: str) -> str:
+        """How the client shows an accepted message's ``content`` (OA: as sent)."""
+        return content
 
     def timed_texts(self, openid: str) -> list[tuple[float, str]]:
         """``(time.monotonic() when accepted, content)`` of each text sent to ``openid``."""
@@ -409,12 +437,12 @@ class FakeWeChatAPI:
         order — the media's content as uploaded (or added)."""
         got: list[tuple[str, bytes]] = []
         for kind, media_id in self.timeline(openid):
-            if kind in ("image", "voice", "video"):
+            if kind in self.MEDIA_MSGTYPES:
                 stored = self.media(media_id)
                 got.append((kind, stored.content if stored is not None else b""))
         return got
 
-    def wait_until(self, predicate: Callable[[FakeWeChatAPI], bool], timeout: float) -> bool:
+    def wait_until(self, predicate: Callable[[Self], bool], timeout: float) -> bool:
         """Poll ``predicate`` after every request until true or ``timeout`` s passed."""
         deadline = time.monotonic() + timeout
         while not predicate(self):
@@ -441,12 +469,7 @@ class FakeWeChatAPI:
                 self._calls.append(Call(method, path, query, token, body, None))
                 self._changed.notify_all()
                 return self._video_file(path[len(VIDEO_FILES) :])
-        parsed: Any = None
-        if body and "json" in (headers.get("Content-Type") or ""):
-            try:
-                parsed = json.loads(body)
-            except ValueError:
-                parsed = None
+        parsed = self._parse_json(headers, body)
         with self._changed:
             self._calls.append(Call(method, path, query, token, body, parsed))
             self._changed.notify_all()
@@ -459,12 +482,21 @@ class FakeWeChatAPI:
             finally:
                 self._changed.notify_all()
 
+    def _parse_json(self, headers: Any, body: bytes) -> Any:
+        """The request body as JSON (None when it is not JSON)."""
+        if body and "json" in (headers.get("Content-Type") or ""):
+            try:
+                return json.loads(body)
+            except ValueError:
+                return None
+        return None
+
     def _take(self, path: str, kind: Callable[[_Script], bool]) -> _Script | None:
         """The first matching script for ``path``, consumed once (caller holds the lock)."""
         for script in self._scripts:
             if not kind(script):
                 continue
-            if script.path is None and path in TOKEN_PATHS:
+            if script.path is None and path in self.TOKEN_PATHS:
                 continue
             if script.path is not None and script.path != path:
                 continue
@@ -488,16 +520,40 @@ class FakeWeChatAPI:
         if raw is not None and raw.raw is not None:
             status, content_type, payload = raw.raw
             return _Answer(status=status, content_type=content_type, body=payload)
-        if path == STABLE_TOKEN:
-            return self._stable_token(method, parsed)
-        if path == TOKEN:
-            return self._classic_token(query)
-        problem = self._check_token(token)
-        if problem is not None:
-            return _error(problem)
+        if path in self.TOKEN_PATHS:
+            return self._token_route(method, path, query, parsed)
+        refused = self._check_access(path, token)
+        if refused is not None:
+            return refused
         script = self._take(path, lambda s: s.errcode is not None)
         if script is not None and script.errcode is not None:
-            return _error(script.errcode, script.errmsg)
+            return self._error(script.errcode, script.errmsg)
+        answer = self._api_route(method, path, query, headers, body, parsed)
+        if answer is None:
+            return _json_answer({"errcode": 40066, "errmsg": "invalid url"}, status=404)
+        return answer
+
+    def _token_route(self, method: str, path: str, query: dict[str, str], parsed: Any) -> _Answer:
+        """Answer a call to one of :attr:`TOKEN_PATHS`."""
+        if path == STABLE_TOKEN:
+            return self._stable_token(method, parsed)
+        return self._classic_token(query)
+
+    def _check_access(self, path: str, token: str | None) -> _Answer | None:
+        """The refusal of a non-token call before any scripted error (None: allowed)."""
+        problem = self._check_token(token)
+        return None if problem is None else self._error(problem)
+
+    def _api_route(
+        self,
+        method: str,
+        path: str,
+        query: dict[str, str],
+        headers: Any,
+        body: bytes,
+        parsed: Any,
+    ) -> _Answer | None:
+        """Answer an authorised API call (None: unknown path → 40066)."""
         if path == CUSTOM_SEND:
             return self._custom_send(method, parsed)
         if path == TYPING:
@@ -506,7 +562,12 @@ class FakeWeChatAPI:
             return self._upload(method, query, headers, body)
         if path == MEDIA_GET:
             return self._download(query)
-        return _json_answer({"errcode": 40066, "errmsg": "invalid url"}, status=404)
+        return None
+
+    def _error(self, errcode: int, errmsg: str | None = None) -> _Answer:
+        """The JSON error answer for ``errcode`` (default message from :attr:`ERRMSGS`)."""
+        message = errmsg or self.ERRMSGS.get(errcode, "error")
+        return _json_answer({"errcode": errcode, "errmsg": message})
 
     def _issue(self) -> tuple[str, int]:
         token = secrets.token_urlsafe(96)
@@ -515,37 +576,37 @@ class FakeWeChatAPI:
 
     def _stable_token(self, method: str, body: Any) -> _Answer:
         if method != "POST":
-            return _error(43002)
+            return self._error(43002)
         if not isinstance(body, dict) or body.get("grant_type") != "client_credential":
-            return _error(47001)
+            return self._error(47001)
         script = self._take(STABLE_TOKEN, lambda s: s.errcode is not None)
         if script is not None and script.errcode is not None:
-            return _error(script.errcode, script.errmsg)
+            return self._error(script.errcode, script.errmsg)
         if body.get("appid") != self.app_id:
-            return _error(40013)
+            return self._error(40013)
         if body.get("secret") != self.app_secret:
-            return _error(40125)
+            return self._error(40125)
         now = self._clock()
-        current = self._tokens.get(self._stable or "")
+        current = self._tokens.get(self._current or "")
         if body.get("force_refresh") is True:
             if current is not None:
                 current.revoked = True
         elif current is not None and not current.revoked:
             remaining = int(current.expires_at - now)
             if remaining > RENEW_AHEAD:
-                return _json_answer({"access_token": self._stable, "expires_in": remaining})
+                return _json_answer({"access_token": self._current, "expires_in": remaining})
         token, expires_in = self._issue()
-        self._stable = token
+        self._current = token
         return _json_answer({"access_token": token, "expires_in": expires_in})
 
     def _classic_token(self, query: dict[str, str]) -> _Answer:
         script = self._take(TOKEN, lambda s: s.errcode is not None)
         if script is not None and script.errcode is not None:
-            return _error(script.errcode, script.errmsg)
+            return self._error(script.errcode, script.errmsg)
         if query.get("appid") != self.app_id:
-            return _error(40013)
+            return self._error(40013)
         if query.get("secret") != self.app_secret:
-            return _error(40125)
+            return self._error(40125)
         if self._classic in self._tokens:
             self._tokens[self._classic].revoked = True  # each call invalidates the previous
         token, expires_in = self._issue()
@@ -557,7 +618,7 @@ class FakeWeChatAPI:
             return 41001
         state = self._tokens.get(token)
         if state is None or state.revoked:
-            return 40001
+            return self.INVALID_TOKEN_ERRCODE
         if self._clock() >= state.expires_at:
             return 42001
         return None
@@ -577,72 +638,83 @@ class FakeWeChatAPI:
     def _custom_send(self, method: str, body: Any) -> _Answer:
         openid, problem = self._recipient(method, body)
         if problem is not None or openid is None:
-            return _error(problem or 40003)
+            return self._error(problem or 40003)
         msgtype = body.get("msgtype")
         payload = body.get(msgtype) if isinstance(msgtype, str) else None
         if not isinstance(payload, dict):
-            return _error(47001)
+            return self._error(47001)
         if msgtype == "text":
             content = payload.get("content")
             if not isinstance(content, str) or not content:
-                return _error(44004)
+                return self._error(44004)
             if self.max_text_bytes and len(content.encode("utf-8")) > self.max_text_bytes:
-                return _error(45002)
-        if msgtype in ("image", "voice", "video"):
-            stored = self._media.get(str(payload.get("media_id") or ""))
-            if stored is None or stored.kind != msgtype:  # a media_id of another kind: 40007
-                return _error(40007)
+                return self._error(45002)
+        if msgtype in self.MEDIA_MSGTYPES and not self._known_media(msgtype, payload):
+            return self._error(40007)
         if self.quota is not None:
             left = self._quota_left.get(openid)
             if left is None:
-                return _error(45015)
+                return self._error(45015)
             if left <= 0:
-                return _error(45047)
+                return self._error(45047)
             self._quota_left[openid] = left - 1
-        self._outbox[openid].append(body)
-        self._sent_at[openid].append(time.monotonic())
+        self._record(openid, body)
         return _json_answer(_OK)
+
+    def _known_media(self, msgtype: str, payload: dict[str, Any]) -> bool:
+        """Whether ``payload["media_id"]`` is media of kind ``msgtype`` (another kind: no)."""
+        stored = self._media.get(str(payload.get("media_id") or ""))
+        return stored is not None and stored.kind == msgtype
+
+    def _record(self, user: str, body: dict[str, Any]) -> None:
+        """Keep an accepted message for ``user`` (caller holds the lock)."""
+        self._outbox[user].append(body)
+        self._sent_at[user].append(time.monotonic())
 
     def _typing(self, method: str, body: Any) -> _Answer:
         openid, problem = self._recipient(method, body)
         if problem is not None or openid is None:
-            return _error(problem or 40003)
+            return self._error(problem or 40003)
         if body.get("command") not in ("Typing", "CancelTyping"):
-            return _error(45072)
-        self._outbox[openid].append(body)
-        self._sent_at[openid].append(time.monotonic())
+            return self._error(45072)
+        self._record(openid, body)
         return _json_answer(_OK)
 
     def _upload(self, method: str, query: dict[str, str], headers: Any, body: bytes) -> _Answer:
         if method != "POST":
-            return _error(43002)
+            return self._error(43002)
         kind = query.get("type", "")
-        if kind not in MEDIA_LIMITS:
-            return _error(40004)
+        if kind not in self.MEDIA_LIMITS:
+            return self._error(40004)
         field_ = _multipart_field(headers.get("Content-Type") or "", body, "media")
         if field_ is None or not field_[2]:
-            return _error(41005)
+            return self._error(41005)
         filename, content_type, content = field_
         ext = filename.rpartition(".")[2].lower() if "." in filename else ""
         ext = ext or _MIME_EXTENSIONS.get(content_type.lower(), "")
-        if ext not in MEDIA_EXTENSIONS[kind]:
-            return _error(40005)
-        if len(content) > MEDIA_LIMITS[kind]:
-            return _error(MEDIA_SIZE_ERRCODES[kind])
+        allowed = self.MEDIA_EXTENSIONS.get(kind)
+        if allowed and ext not in allowed:
+            return self._error(40005)
+        if len(content) > self.MEDIA_LIMITS[kind]:
+            return self._error(self.MEDIA_SIZE_ERRCODES[kind])
         media_id = secrets.token_urlsafe(24)
         stored = StoredMedia(content, content_type, filename, kind, media_id=media_id)
         self._media[media_id] = stored
         self.uploads.append(stored)
+        return self._uploaded(kind, media_id)
+
+    def _uploaded(self, kind: str, media_id: str) -> _Answer:
+        """The answer to a successful upload."""
         id_field = "thumb_media_id" if kind == "thumb" else "media_id"
         return _json_answer({"type": kind, id_field: media_id, "created_at": int(self._clock())})
 
     def _download(self, query: dict[str, str]) -> _Answer:
         stored = self._media.get(query.get("media_id", ""))
         if stored is None:
-            answer = _error(40007)
-            answer.content_type = "text/plain"  # reportedly what WeChat sends, with HTTP 200
+            answer = self._error(40007)
+            answer.content_type = self.MISSING_MEDIA_CONTENT_TYPE  # OA: text/plain, HTTP 200
             return answer
-        if stored.video_url is not None or stored.kind == "video":
+        if stored.video_url is not None or (self.VIDEO_AS_URL and stored.kind == "video"):
             url = stored.video_url or f"{self.base_url}{VIDEO_FILES}{stored.media_id}"
             return _json_answer({"video_url": url})
         return _Answer(

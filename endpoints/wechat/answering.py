@@ -26,9 +26,16 @@ from .answer_pages import AnswerPages, make_token, page_key, page_url
 from .diagnostics import APP_ERROR, Journal
 from .dify_app import AnswerFile, AppAnswer, AppCancelled, AppError, DifyApp
 from .dify_services import DifyServices
-from .formatters import TEXT_BUDGET_BYTES, markdown_to_wechat_text, split_text, utf8_len
+from .formatters import (
+    TEXT_BUDGET_BYTES,
+    markdown_to_wechat_text,
+    markdown_to_wecom_markdown,
+    split_text,
+    utf8_len,
+)
 from .inbound_media import MediaPreparer, MediaProblem, MediaRequest, Prepared
 from .outbound_media import MediaPublisher, hosted_images, remove_images
+from .parts import markdown_part
 from .retry_tracker import Job, JobState
 from .settings import Settings
 from .storage import EndpointStore
@@ -54,8 +61,30 @@ class Question:
 
 def paginate(text: str, keyword: str, extra_reserve: int = 0) -> list[str]:
     """Split a reply into WeChat-sized parts, each leaving room for a "more" hint."""
+    return split_text(text, _budget(keyword, extra_reserve)) or [EMPTY_ANSWER]
+
+
+#: How often a markdown split is retried smaller when a part's text rendering is too long.
+_MARKDOWN_SHRINK_STEPS = 5
+
+
+def paginate_markdown(markdown: str, keyword: str, extra_reserve: int = 0) -> list[str]:
+    """Split WeCom markdown into markdown parts that fit a message both as markdown and as
+    the text a passive reply shows (rendering can lengthen a part: "# T" → "【T】")."""
+    budget = _budget(keyword, extra_reserve)
+    limit = budget
+    pieces = split_text(markdown, budget)
+    for _ in range(_MARKDOWN_SHRINK_STEPS):
+        if all(utf8_len(markdown_to_wechat_text(p)) <= limit for p in pieces):
+            break
+        budget = budget * 9 // 10
+        pieces = split_text(markdown, budget)
+    return [markdown_part(p) for p in pieces] or [EMPTY_ANSWER]
+
+
+def _budget(keyword: str, extra_reserve: int) -> int:
     reserve = max(utf8_len(MORE_HINT.format(keyword=keyword)), utf8_len(PUSH_MORE_HINT))
-    return split_text(text, TEXT_BUDGET_BYTES - reserve - extra_reserve) or [EMPTY_ANSWER]
+    return TEXT_BUDGET_BYTES - reserve - extra_reserve
 
 
 class AnswerKit:
@@ -108,9 +137,8 @@ class AnswerKit:
         for file in published.links:  # files outside the text stay visible as links
             if file.url not in source:
                 source += "\n\n" + _markdown_link(file)
-        text = markdown_to_wechat_text(source) if source.strip() else ""
-
-        parts = paginate(text, settings.fetch_keyword) if text else []
+        shape = _Shape(source, settings)
+        parts = shape.parts()
         if parts and self._wants_page(source, parts):
             # The page shows the answer as the app wrote it, pictures and files included.
             page = answer.text + "".join(
@@ -118,14 +146,14 @@ class AnswerKit:
             )
             link = self._page_link(question, query, page)
             if link:  # the parts make room for it
-                parts = paginate(text, settings.fetch_keyword, utf8_len(link))
+                parts = shape.parts(utf8_len(link))
                 if len(parts) > settings.push_quota:
                     parts = [parts[0] + link]  # the page holds the rest
                 else:
                     parts[-1] += link
         speak = question.spoken and settings.can_speak and not should_stop()
-        if speak and text and self._services is not None:
-            voice = self._publisher.voice(self._services, text, question.ref)
+        if speak and shape.text and self._services is not None:
+            voice = self._publisher.voice(self._services, shape.text, question.ref)
             if voice:
                 parts.append(voice)
         parts += published.parts
@@ -150,6 +178,25 @@ class AnswerKit:
         token = make_token(page_key(self.settings, self._endpoint_id), page_id, int(expires_at))
         url = page_url(question.page_base, token)
         return FULL_ANSWER_LINK.format(url=url) if url else ""
+
+
+class _Shape:
+    """An answer's markdown as the platform shows it: WeChat text, or WeCom markdown for
+    answers that go out as app messages (``Settings.sends_markdown``)."""
+
+    def __init__(self, source: str, settings: Settings) -> None:
+        self._keyword = settings.fetch_keyword
+        self._markdown = settings.sends_markdown
+        blank = not source.strip()
+        self.text = "" if blank or self._markdown else markdown_to_wechat_text(source)
+        self._wecom = "" if blank or not self._markdown else markdown_to_wecom_markdown(source)
+
+    def parts(self, extra_reserve: int = 0) -> list[str]:
+        if self._markdown:
+            return (
+                paginate_markdown(self._wecom, self._keyword, extra_reserve) if self._wecom else []
+            )
+        return paginate(self.text, self._keyword, extra_reserve) if self.text else []
 
 
 def _markdown_link(file: AnswerFile) -> str:

@@ -151,10 +151,11 @@ class Pusher:
             except (TransportError, WeChatError) as exc:
                 logger.warning(
                     "Pushing part %d of message %s failed (%s); the rest waits for the "
-                    "fetch keyword",
+                    "fetch keyword. %s",
                     index + 1,
                     ref,
                     error_label(exc),
+                    exc.hint,
                 )
                 self._journal.record_wechat(exc)
                 return self._outbox.switch_to_fetch(delivery, announced=False)

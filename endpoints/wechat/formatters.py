@@ -6,6 +6,8 @@ Everything here is a pure function: no Dify imports, no I/O, no clock (callers p
 * :func:`markdown_to_wechat_text` renders markdown as plain text that reads well in the
   WeChat chat window (which shows no markup at all).  It walks markdown-it-py's token
   stream; there is no regex-based markdown handling.
+* :func:`markdown_to_wecom_markdown` renders it as the markdown subset WeCom app messages
+  show, by the same walk (a renderer subclass overriding what differs).
 * :func:`split_text` cuts a text into parts of at most ``budget_bytes`` UTF-8 bytes at the
   most natural boundary available.
 * :func:`cdata`, :func:`text_reply_xml` and :func:`image_reply_xml` build passive replies
@@ -17,6 +19,7 @@ from __future__ import annotations
 import re
 import unicodedata
 from bisect import bisect_left, bisect_right
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from html.parser import HTMLParser
 from itertools import accumulate
@@ -31,6 +34,7 @@ __all__ = [
     "cdata",
     "image_reply_xml",
     "markdown_to_wechat_text",
+    "markdown_to_wecom_markdown",
     "split_text",
     "text_reply_xml",
     "utf8_len",
@@ -177,18 +181,57 @@ def markdown_to_wechat_text(markdown: str) -> str:
     markdown = strip_leading_reasoning(markdown)
     if not markdown or markdown.isspace():
         return ""
-    try:
-        tokens = _MD.parse(markdown)
-    except RecursionError:  # pathological nesting inside markdown-it itself
-        return _normalize_whitespace(_plain_source(markdown))
-    if any(tok.level >= _MAX_NESTING - 1 for tok in tokens):
-        # markdown-it stopped descending and dropped the deepest content: never lose text.
+    tree = _parse(markdown)
+    if tree is None:
         return _normalize_whitespace(_plain_source(markdown))
     try:
-        rendered = _render_blocks(_build_tree(tokens), 0)
+        rendered = _TEXT.blocks(tree, 0)
     except RecursionError:  # pragma: no cover - bounded by _MAX_NESTING
         return _normalize_whitespace(_plain_source(markdown))
     return _normalize_whitespace(rendered)
+
+
+def markdown_to_wecom_markdown(markdown: str) -> str:
+    """Render *markdown* as the markdown subset WeCom app messages show (``msgtype``
+    ``markdown``, protocol reference §10.4).
+
+    Kept as markdown: headings (``# Title``, same level; inside a list or quote, where
+    WeCom shows none, ``**Title**``), ``**bold**``, links ``[text](url)`` (autolinks and
+    links whose text is their URL as the bare URL), ``inline code`` and ``> `` quotes --
+    also inside lists, tables and quotes.  Images become links ``[图片 alt](url)`` (or
+    ``[图片](url)``).  Everything else is rendered as :func:`markdown_to_wechat_text` does:
+    lists with the same bullets, numbers and indentation, tables as ``Header：value``
+    blocks, rules as a line of dashes, HTML tags and leading reasoning removed, italics and
+    strikethrough markers dropped (``3*4*5`` keeps its stars).  Code blocks are indented by
+    four spaces, which keeps them markdown code blocks.  A line whose text would otherwise
+    start with markup (``\\# 不是标题`` in the answer) gets a U+200B in front.
+
+    The result is also valid input for :func:`markdown_to_wechat_text`, which sends it as
+    text where WeCom markdown cannot go.  Bound, checked on every call: that text is never
+    longer in UTF-8 bytes than ``markdown_to_wechat_text(markdown)`` plus 3 bytes per
+    U+200B this function put in front of a line -- no more than the plain rendering for an
+    answer that starts no line with escaped or HTML-borne markup.  (Should some unusual
+    literal text -- markdown inside raw HTML, markup whose delimiters only HTML tags kept
+    apart -- be read back as longer markup, the plain rendering with its markup characters
+    backslash-escaped is returned instead: it converts back to at most the plain rendering,
+    though WeCom will likely show the backslashes.)
+    """
+    markdown = strip_leading_reasoning(markdown)
+    if not markdown or markdown.isspace():
+        return ""
+    tree = _parse(markdown)
+    if tree is None:
+        return _escape_markdown(_normalize_whitespace(_plain_source(markdown)))
+    renderer = _WeComRenderer()
+    try:
+        text = _normalize_whitespace(_TEXT.blocks(tree, 0))
+        wecom = renderer.render(tree)
+    except RecursionError:  # pragma: no cover - bounded by _MAX_NESTING
+        return _escape_markdown(_normalize_whitespace(_plain_source(markdown)))
+    allowance = utf8_len(text) + _GUARD_BYTES * renderer.guards
+    if utf8_len(markdown_to_wechat_text(wecom)) <= allowance:
+        return wecom
+    return _escape_markdown(text)
 
 
 _REASONING_TAGS = ("think", "details")
@@ -228,6 +271,18 @@ def _normalize_whitespace(text: str) -> str:
     return "\n".join(out)
 
 
+def _parse(markdown: str) -> list[_Block] | None:
+    """The block tree of *markdown*, or None where rendering it could lose text."""
+    try:
+        tokens = _MD.parse(markdown)
+    except RecursionError:  # pathological nesting inside markdown-it itself
+        return None
+    if any(tok.level >= _MAX_NESTING - 1 for tok in tokens):
+        # markdown-it stopped descending and dropped the deepest content: never lose text.
+        return None
+    return _build_tree(tokens)
+
+
 def _build_tree(tokens: list[Token]) -> list[_Block]:
     root: list[_Block] = []
     stack: list[list[_Block]] = [root]
@@ -247,168 +302,529 @@ def _build_tree(tokens: list[Token]) -> list[_Block]:
 # Blocks that always stand apart with a blank line, even inside a tight list item.
 _SPACIOUS_BLOCKS = frozenset({"fence", "code_block", "table", "blockquote", "html_block", "hr"})
 
+_TEXT_TYPES = frozenset({"text", "text_special"})
+_EMPHASIS_TYPES = frozenset({"em_open", "em_close", "strong_open", "strong_close"})
+_MAX_IMAGE_DEPTH = 8
+_EMPTY_SKIPPABLE = _TEXT_TYPES | _EMPHASIS_TYPES
+_NO_LITERAL: frozenset[int] = frozenset()
 
-def _render_blocks(nodes: list[_Block], list_depth: int) -> str:
-    out: list[str] = []
-    prev: _Block | None = None
-    for node in nodes:
-        text = _render_block(node, list_depth)
-        if not text.strip():
-            continue
-        if prev is not None:
-            tight = (
-                (_is_hidden_paragraph(prev) or _is_hidden_paragraph(node))
-                and prev.kind not in _SPACIOUS_BLOCKS
-                and node.kind not in _SPACIOUS_BLOCKS
-            )
-            out.append("\n" if tight else "\n\n")
-        out.append(text)
-        prev = node
-    return "".join(out)
+_ImageText = Callable[[str, str], str]  # an image from its alt text and URL
+
+
+class _TextRenderer:
+    """Walks a block tree (:func:`_build_tree`) and renders it as WeChat plain text.
+
+    Every output dialect shares this walk; :class:`_WeComRenderer` overrides the hooks
+    where WeCom markdown differs.  Stateless: the module keeps one instance, ``_TEXT``.
+    """
+
+    __slots__ = ()
+
+    code_indent = _INDENT
+    """What every non-blank line of a code block starts with."""
+    keeps_bold = False
+    """Whether strong emphasis stays markup (:meth:`bold_span`) or only its text is kept."""
+
+    # --- blocks ----------------------------------------------------------------------------
+
+    def blocks(self, nodes: list[_Block], list_depth: int) -> str:
+        out: list[str] = []
+        prev: _Block | None = None
+        block = self.block
+        for node in nodes:
+            text = block(node, list_depth)
+            if not text.strip():
+                continue
+            if prev is not None:
+                tight = (
+                    (_is_hidden_paragraph(prev) or _is_hidden_paragraph(node))
+                    and prev.kind not in _SPACIOUS_BLOCKS
+                    and node.kind not in _SPACIOUS_BLOCKS
+                )
+                out.append("\n" if tight else "\n\n")
+            out.append(text)
+            prev = node
+        return "".join(out)
+
+    def block(self, node: _Block, list_depth: int) -> str:
+        kind = node.kind
+        if kind == "inline":
+            return self.inline(node.token)
+        if kind == "paragraph":
+            return "".join(self.inline(child.token) for child in node.children)
+        if kind == "heading":
+            return self.heading(node)
+        if kind in ("fence", "code_block"):
+            # Indented, so that a reader -- and split_text -- can tell where the code ends.
+            lines = node.token.content.rstrip("\n").split("\n")
+            indent = self.code_indent
+            return "\n".join(f"{indent}{line}" if line.strip() else "" for line in lines)
+        if kind in ("bullet_list", "ordered_list"):
+            return self.list_block(node, list_depth)
+        if kind == "blockquote":
+            return self.blockquote(node, list_depth)
+        if kind == "table":
+            return self.table(node)
+        if kind == "hr":
+            return _HR_LINE
+        if kind == "html_block":
+            return self.html_block(node.token.content)
+        # Unknown container or leaf (e.g. from a future markdown-it rule): keep its text.
+        if node.children:
+            return self.blocks(node.children, list_depth)
+        return node.token.content
+
+    def heading(self, node: _Block) -> str:
+        title = "".join(self.inline(child.token) for child in node.children).strip()
+        if not title:
+            return ""
+        if node.token.tag in ("h1", "h2"):
+            return f"{_HEADING_OPEN}{title}{_HEADING_CLOSE}"
+        return title
+
+    def blockquote(self, node: _Block, list_depth: int) -> str:
+        inner = _normalize_whitespace(self.blocks(node.children, list_depth))
+        return "\n".join(f"> {line}" if line else ">" for line in inner.split("\n"))
+
+    def list_block(self, node: _Block, list_depth: int) -> str:
+        ordered = node.kind == "ordered_list"
+        number = 1
+        if ordered:
+            start = node.token.attrGet("start")
+            if start is not None:
+                try:
+                    number = int(start)
+                except (TypeError, ValueError):
+                    number = 1
+        delimiter = node.token.markup or "."
+        bullet = _BULLETS[list_depth % len(_BULLETS)]
+        tight = True
+        markers: list[str] = []
+        items: list[str] = []
+        for item in node.children:
+            if item.kind != "list_item":
+                continue
+            for child in item.children:
+                if child.kind == "paragraph" and not child.token.hidden:
+                    tight = False
+            marker = f"{number}{delimiter}" if ordered else bullet
+            number += 1
+            body = _normalize_whitespace(self.item_blocks(item, list_depth + 1))
+            markers.append(marker)
+            items.append(self.item(marker, body))
+        return self.join_items(items, markers, tight=tight, ordered=ordered)
+
+    def item_blocks(self, item: _Block, list_depth: int) -> str:
+        return self.blocks(item.children, list_depth)
+
+    def item(self, marker: str, body: str) -> str:
+        if not body:
+            return marker
+        lines = body.split("\n")
+        rendered = [f"{marker} {lines[0]}"]
+        rendered.extend(f"{_INDENT}{line}" if line else "" for line in lines[1:])
+        return "\n".join(rendered)
+
+    def join_items(
+        self, items: list[str], markers: list[str], *, tight: bool, ordered: bool
+    ) -> str:
+        return ("\n" if tight else "\n\n").join(items)
+
+    def table(self, node: _Block) -> str:
+        headers: list[str] = []
+        rows: list[list[str]] = []
+        for section in node.children:
+            for tr in section.children:
+                cells = [
+                    _normalize_whitespace(
+                        "".join(self.inline(child.token) for child in cell.children)
+                    ).strip()
+                    for cell in tr.children
+                ]
+                if section.kind == "thead":
+                    headers = cells
+                else:
+                    rows.append(cells)
+        if not any(headers):
+            joined = (" | ".join(row) for row in rows)
+            return "\n".join(line for line in joined if line.strip(" |"))
+        if not rows:
+            return " | ".join(headers)
+        blocks: list[str] = []
+        for row in rows:
+            lines: list[str] = []
+            for index, header in enumerate(headers):
+                value = row[index] if index < len(row) else ""
+                lines.append(f"{header}{_CELL_SEP}{value}" if header else value)
+            blocks.append("\n".join(line for line in lines if line))
+        return "\n\n".join(block for block in blocks if block)
+
+    def html_block(self, content: str) -> str:
+        return _html_block_text(content, _image_text)
+
+    # --- inline ----------------------------------------------------------------------------
+
+    def inline(self, token: Token, depth: int = 0) -> str:
+        if token.type != "inline":
+            return "" if token.nesting else token.content
+        # Without a "*" in its source, an inline has no "*" emphasis to print literally.
+        return self.inline_children(token.children or [], depth, stars="*" in token.content)
+
+    def inline_children(self, children: list[Token], depth: int, *, stars: bool = True) -> str:
+        literal = _literal_emphasis(children) if stars else _NO_LITERAL
+        out: list[str] = []
+        links: list[tuple[str, bool, int]] = []
+        strong: list[int] = []
+        for index, tok in enumerate(children):
+            kind = tok.type
+            if kind in _TEXT_TYPES:
+                out.append(tok.content)
+            elif kind == "code_inline":
+                out.append(self.code_span(tok.content))
+            elif kind in ("softbreak", "hardbreak"):
+                out.append("\n")
+            elif kind in _EMPHASIS_TYPES:
+                if index in literal:
+                    out.append(tok.markup)
+                elif self.keeps_bold and kind[0] == "s":
+                    if kind == "strong_open":
+                        strong.append(len(out))
+                    elif strong:
+                        mark = strong.pop()
+                        if not strong:  # the outermost of nested strong spans
+                            self.bold_span(out, mark)
+            elif kind in ("s_open", "s_close"):
+                continue
+            elif kind == "link_open":
+                links.append((str(tok.attrGet("href") or ""), tok.markup == "autolink", len(out)))
+            elif kind == "link_close":
+                if links:
+                    href, autolink, mark = links.pop()
+                    self.link(out, mark, href, autolink)
+            elif kind == "image":
+                out.append(self.image(tok, depth))
+            elif kind == "html_inline":
+                out.append(self.html_inline(tok.content))
+            elif tok.nesting == 0:
+                out.append(tok.content)
+        return "".join(out)
+
+    def code_span(self, content: str) -> str:
+        return content
+
+    def bold_span(self, out: list[str], mark: int) -> None:
+        """Mark ``out[mark:]``, the text of a strong span, as bold."""
+
+    def link(self, out: list[str], mark: int, href: str, autolink: bool) -> None:
+        """Render the link whose text is ``out[mark:]`` (in place)."""
+        out.append(_link_suffix(href, autolink, "".join(out[mark:])))
+
+    def image(self, tok: Token, depth: int) -> str:
+        return _image_text(_image_alt(tok, depth), _display_url(str(tok.attrGet("src") or "")))
+
+    def html_inline(self, content: str) -> str:
+        return _html_inline_text(content, _image_text)
 
 
 def _is_hidden_paragraph(node: _Block) -> bool:
     return node.kind == "paragraph" and node.token.hidden
 
 
-def _render_block(node: _Block, list_depth: int) -> str:
-    kind = node.kind
-    if kind == "inline":
-        return _render_inline(node.token)
-    if kind == "paragraph":
-        return "".join(_render_inline(child.token) for child in node.children)
-    if kind == "heading":
-        title = "".join(_render_inline(child.token) for child in node.children).strip()
-        if not title:
-            return ""
-        if node.token.tag in ("h1", "h2"):
-            return f"{_HEADING_OPEN}{title}{_HEADING_CLOSE}"
-        return title
-    if kind in ("fence", "code_block"):
-        # Indented, so that a reader -- and split_text -- can tell where the code ends.
-        lines = node.token.content.rstrip("\n").split("\n")
-        return "\n".join(f"{_INDENT}{line}" if line.strip() else "" for line in lines)
-    if kind in ("bullet_list", "ordered_list"):
-        return _render_list(node, list_depth)
-    if kind == "blockquote":
-        inner = _normalize_whitespace(_render_blocks(node.children, list_depth))
-        return "\n".join(f"> {line}" if line else ">" for line in inner.split("\n"))
-    if kind == "table":
-        return _render_table(node)
-    if kind == "hr":
-        return _HR_LINE
-    if kind == "html_block":
-        return _html_block_text(node.token.content)
-    # Unknown container or leaf (e.g. from a future markdown-it rule): keep its text.
-    if node.children:
-        return _render_blocks(node.children, list_depth)
-    return node.token.content
+_TEXT = _TextRenderer()
 
 
-def _render_list(node: _Block, list_depth: int) -> str:
-    ordered = node.kind == "ordered_list"
-    number = 1
-    if ordered:
-        start = node.token.attrGet("start")
-        if start is not None:
-            try:
-                number = int(start)
-            except (TypeError, ValueError):
-                number = 1
-    delimiter = node.token.markup or "."
-    bullet = _BULLETS[list_depth % len(_BULLETS)]
-    tight = True
-    items: list[str] = []
-    for item in node.children:
-        if item.kind != "list_item":
-            continue
-        for child in item.children:
-            if child.kind == "paragraph" and not child.token.hidden:
-                tight = False
-        marker = f"{number}{delimiter}" if ordered else bullet
-        number += 1
-        body = _normalize_whitespace(_render_blocks(item.children, list_depth + 1))
+# --- WeCom markdown ----------------------------------------------------------------------
+#
+# The result is read twice: by the WeCom client, which knows only the subset (§10.4), and
+# by markdown_to_wechat_text (a full CommonMark parser) when the part goes out as text.
+# What the renderer writes as text -- list lines, table rows, code -- must stay text for
+# both, and convert back to the same bytes.  The devices:
+#
+# * Lists are never markdown lists: bullets "•◦▪" are no list markers anyway; an ordered
+#   list that could be read as one gets U+200A (hair space) before each item that starts a
+#   paragraph.  CommonMark trims it off a paragraph's start, so it costs nothing there.
+# * The lines inside a list item (indented in the text rendering) start with _PIN, a space
+#   and a no-break space, standing for the first two spaces of their indentation: a line
+#   starting with a no-break space is a paragraph line for CommonMark, never code, a list
+#   item or a quote, and the parser strips only the plain space, so it converts back to as
+#   many bytes as the two spaces it replaces.  In WeCom it looks like the indentation.
+# * Code blocks are indented by four spaces: CommonMark code blocks, so "# comment" lines
+#   and "**kwargs" stay code, and convert back to the text rendering's two-space indent.
+#   While rendering, a code line starts with _CODE_MARK (turned into the indentation at the
+#   end), so that list items can tell code lines from text; a code block that cannot be a
+#   markdown code block (one that shares a line with a list marker, or that a tight list
+#   continues right after) is written as pinned text lines instead.
+# * WeCom has no escape character (a backslash would show).  A line whose text would start
+#   with markup -- "\# 不是标题" in the answer, a "> " or "1. " from raw HTML -- gets a
+#   zero-width space (U+200B) in front: invisible, and neither WeCom (whose docs show "# "
+#   and "> " at the very start of a line only -- we assume indented lines, like code, are
+#   not read as markup) nor CommonMark sees markup after it.  A full-width "＃" would read
+#   the same but changes the character a user copies, and there is no full-width
+#   counterpart for "1." or "```".
+
+_CODE_MARK = "\x00"  # never in rendered text: markdown-it turns NUL into U+FFFD
+_CODE_INDENT = "    "
+_PIN = " \u00a0"
+_LIST_START = "\u200a"
+_ZWSP = "\u200b"
+_GUARD_BYTES = len(_ZWSP.encode("utf-8"))
+_IMAGE_WORD = "图片"
+
+# Text at the start of a line that CommonMark or WeCom would read as markup.  "\s*$":
+# trailing (Unicode) whitespace is stripped later.
+_MARKUP_START = re.compile(
+    r"^(?:"
+    r"[ \t]"  # indentation (text from raw HTML): dropped, else it could become code
+    r"|#{1,6}(?:[ \t]|\s*$)"  # heading
+    r"|>"  # quote
+    r"|[-+*](?:[ \t]|\s*$)"  # bullet item
+    r"|\d{1,9}[.)](?:[ \t]|\s*$)"  # ordered item
+    r"|```|~~~"  # code fence
+    r"|<[A-Za-z/!?]"  # HTML block, WeCom's <font>
+    r"|\[[^\]]*\]:"  # link reference definition
+    r"|([-*_])[ \t]*(?:\1[ \t]*){2,}\s*$"  # thematic break
+    r"|(?:=+|-+)\s*$"  # setext heading underline
+    r"|(?=[^\n]*\|)(?=[^\n]*-)[|:\- \t]+\s*$"  # table delimiter row
+    r")",
+    re.MULTILINE,
+)
+_BACKTICK_RUN = re.compile("`+")
+
+
+class _WeComRenderer(_TextRenderer):
+    """Renders a block tree as WeCom markdown (see :func:`markdown_to_wecom_markdown`).
+
+    One instance per answer: it counts what it is inside of, and the guards it adds.
+    """
+
+    __slots__ = ("_bold_off", "_inert", "_nested", "guards")
+
+    code_indent = _CODE_MARK
+    keeps_bold = True
+
+    def __init__(self) -> None:
+        self._nested = 0  # list items and quotes around the current block
+        self._inert = 0  # list items around the current block
+        self._bold_off = 0  # inside a heading written as bold
+        self.guards = 0  # lines given a _ZWSP
+
+    def render(self, tree: list[_Block]) -> str:
+        return _normalize_whitespace(self.blocks(tree, 0)).replace(_CODE_MARK, _CODE_INDENT)
+
+    def guard(self, text: str) -> str:
+        """Put a _ZWSP before every line of *text* that would start with markup."""
+        if not _MARKUP_START.search(text):
+            return text
+        lines = text.split("\n")
+        for index, line in enumerate(lines):
+            if line[:1] in (" ", "\t"):
+                line = lines[index] = line.lstrip(" \t")
+            if _MARKUP_START.match(line):
+                lines[index] = _ZWSP + line
+                self.guards += 1
+        return "\n".join(lines)
+
+    # --- blocks ----------------------------------------------------------------------------
+
+    def block(self, node: _Block, list_depth: int) -> str:
+        text = super().block(node, list_depth)
+        return self.guard(text) if node.kind in ("paragraph", "table") else text
+
+    def heading(self, node: _Block) -> str:
+        if not self._nested:
+            title = self._one_line(node)
+            return f"{'#' * int(node.token.tag[1:])} {title}" if title else ""
+        self._bold_off += 1  # WeCom shows no heading here: bold, and nothing bold inside
+        try:
+            return _bold(self._one_line(node))
+        finally:
+            self._bold_off -= 1
+
+    def _one_line(self, node: _Block) -> str:
+        text = "".join(self.inline(child.token) for child in node.children)
+        return " ".join(part for part in map(str.strip, text.split("\n")) if part)
+
+    def blockquote(self, node: _Block, list_depth: int) -> str:
+        self._nested += 1
+        try:
+            return super().blockquote(node, list_depth)
+        finally:
+            self._nested -= 1
+
+    def item_blocks(self, item: _Block, list_depth: int) -> str:
+        self._nested += 1
+        self._inert += 1
+        try:
+            return super().item_blocks(item, list_depth)
+        finally:
+            self._nested -= 1
+            self._inert -= 1
+
+    def item(self, marker: str, body: str) -> str:
         if not body:
-            items.append(marker)
-            continue
+            return marker
         lines = body.split("\n")
-        rendered = [f"{marker} {lines[0]}"]
-        rendered.extend(f"{_INDENT}{line}" if line else "" for line in lines[1:])
-        items.append("\n".join(rendered))
-    return ("\n" if tight else "\n\n").join(items)
-
-
-def _render_table(node: _Block) -> str:
-    headers: list[str] = []
-    rows: list[list[str]] = []
-    for section in node.children:
-        for tr in section.children:
-            cells = [
-                _normalize_whitespace(
-                    "".join(_render_inline(child.token) for child in cell.children)
-                ).strip()
-                for cell in tr.children
-            ]
-            if section.kind == "thead":
-                headers = cells
+        rendered = [f"{marker} {lines[0].replace(_CODE_MARK, _INDENT)}"]
+        for line in lines[1:]:
+            if not line:
+                rendered.append("")
+            elif _is_code_line(line):
+                rendered.append(_INDENT + line)
             else:
-                rows.append(cells)
-    if not any(headers):
-        joined = (" | ".join(row) for row in rows)
-        return "\n".join(line for line in joined if line.strip(" |"))
-    if not rows:
-        return " | ".join(headers)
-    blocks: list[str] = []
-    for row in rows:
-        lines: list[str] = []
-        for index, header in enumerate(headers):
-            value = row[index] if index < len(row) else ""
-            lines.append(f"{header}{_CELL_SEP}{value}" if header else value)
-        blocks.append("\n".join(line for line in lines if line))
-    return "\n\n".join(block for block in blocks if block)
+                rendered.append(_pin(line))
+        return "\n".join(rendered)
+
+    def join_items(
+        self, items: list[str], markers: list[str], *, tight: bool, ordered: bool
+    ) -> str:
+        if ordered and not self._inert:
+            for index, marker in enumerate(markers):
+                if index == 0 or not tight:  # starts a paragraph: could start a list
+                    items[index] = _LIST_START + items[index]
+                elif marker[:-1] == "1":  # "1." could interrupt the paragraph above
+                    items[index] = _ZWSP + items[index]
+                    self.guards += 1
+        joined = super().join_items(items, markers, tight=tight, ordered=ordered)
+        return _pin_code_next_to_text(joined)
+
+    def html_block(self, content: str) -> str:
+        text = self.guard(_html_block_text(content, _wecom_html_image))
+        if "![" in text:  # markdown in an HTML block is text; an image would read longer
+            self.guards += text.count("![")
+            text = text.replace("![", f"!{_ZWSP}[")
+        return text
+
+    # --- inline ----------------------------------------------------------------------------
+
+    def code_span(self, content: str) -> str:
+        spaced = content[:1] == " " == content[-1:] and content.strip(" ")
+        if "`" not in content and not spaced:
+            return f"`{content}`"
+        # A longer fence than any backtick run inside; CommonMark drops one space per side.
+        runs = _BACKTICK_RUN.findall(content)
+        fence = "`" * (max(map(len, runs), default=0) + 1)
+        return f"{fence} {content} {fence}"
+
+    def bold_span(self, out: list[str], mark: int) -> None:
+        if not self._bold_off:
+            out[mark:] = [_bold("".join(out[mark:]))]
+
+    def link(self, out: list[str], mark: int, href: str, autolink: bool) -> None:
+        out[mark:] = [_wecom_link(href, autolink, "".join(out[mark:]))]
+
+    def image(self, tok: Token, depth: int) -> str:
+        return _wecom_image(_image_alt(tok, depth), str(tok.attrGet("src") or ""))
+
+    def html_inline(self, content: str) -> str:
+        return _html_inline_text(content, _wecom_html_image)
 
 
-# --- inline ----------------------------------------------------------------------------
-
-_TEXT_TYPES = frozenset({"text", "text_special"})
-_MAX_IMAGE_DEPTH = 8
-_EMPTY_SKIPPABLE = _TEXT_TYPES | {"em_open", "em_close", "strong_open", "strong_close"}
+def _is_code_line(line: str) -> bool:
+    return line.lstrip(" ").startswith(_CODE_MARK)
 
 
-def _render_inline(token: Token, depth: int = 0) -> str:
-    if token.type != "inline":
-        return "" if token.nesting else token.content
-    return _render_inline_children(token.children or [], depth)
+def _pin(line: str) -> str:
+    """*line* (of a list item's body) indented one level more, as a pinned line."""
+    if line.startswith(_PIN):
+        return f"{_PIN}{_INDENT}{line[len(_PIN) :]}"
+    # All of the line is text now: a code line or a pinned line inside it (after quote
+    # markers) goes back to plain indentation.
+    start = 0
+    while line.startswith(">", start):
+        start += 2 if line.startswith("> ", start) else 1
+    if line.startswith(_PIN, start):
+        line = f"{line[:start]}{_INDENT}{line[start + len(_PIN) :]}"
+    return _PIN + line.replace(_CODE_MARK, _INDENT)
 
 
-def _render_inline_children(children: list[Token], depth: int) -> str:
-    literal = _literal_emphasis(children)
-    out: list[str] = []
-    links: list[tuple[str, bool, int]] = []
-    for index, tok in enumerate(children):
-        kind = tok.type
-        if kind in _TEXT_TYPES or kind == "code_inline":
-            out.append(tok.content)
-        elif kind in ("softbreak", "hardbreak"):
-            out.append("\n")
-        elif kind in ("em_open", "em_close", "strong_open", "strong_close"):
-            if index in literal:
-                out.append(tok.markup)
-        elif kind in ("s_open", "s_close"):
+def _pin_code_next_to_text(text: str) -> str:
+    """Write the code lines right before or after a text line (no blank line between:
+    a tight list going on, a code block opening an item) as pinned text lines."""
+    if _CODE_MARK not in text:
+        return text
+    lines = text.split("\n")
+    start = -1  # first line of the current run of code lines
+    for index in range(len(lines) + 1):
+        line = lines[index] if index < len(lines) else ""
+        if line and _is_code_line(line):
+            if start == -1:
+                start = index
             continue
-        elif kind == "link_open":
-            links.append((str(tok.attrGet("href") or ""), tok.markup == "autolink", len(out)))
-        elif kind == "link_close":
-            if links:
-                href, autolink, mark = links.pop()
-                out.append(_link_suffix(href, autolink, "".join(out[mark:])))
-        elif kind == "image":
-            out.append(_image_text(tok, depth))
-        elif kind == "html_inline":
-            out.append(_html_inline_text(tok.content))
-        elif tok.nesting == 0:
-            out.append(tok.content)
-    return "".join(out)
+        if start != -1 and (line or (start > 0 and lines[start - 1])):
+            for run in range(start, index):  # body lines: they start with _INDENT
+                lines[run] = _PIN + lines[run][len(_INDENT) :].replace(_CODE_MARK, _INDENT)
+        start = -1
+    return "\n".join(lines)
+
+
+def _bold(text: str) -> str:
+    """``**text**`` line by line, whitespace around each line kept outside the markers."""
+    lines = text.split("\n")
+    for index, line in enumerate(lines):
+        core = line.strip()
+        if core:
+            lead = len(line) - len(line.lstrip())
+            lines[index] = f"{line[:lead]}**{core}**{line[lead + len(core) :]}"
+    return "\n".join(lines)
+
+
+def _link_destination(href: str) -> str:
+    """*href* (normalized by markdown-it) for ``[text](…)``: as written where that is safe
+    (shorter, and readable), else percent-encoded.  WeCom ends a link at the first ")"."""
+    url = _display_url(href)
+    if any(char.isspace() or not char.isprintable() or char in "<>" for char in url):
+        url = href
+    return url.replace("(", "%28").replace(")", "%29")
+
+
+def _wecom_link(href: str, autolink: bool, label: str) -> str:
+    if autolink or not href:
+        return label
+    url = _display_url(href)
+    text = label.strip()
+    if not text:
+        return url
+    if text in (url, href) or (href.startswith("mailto:") and text == href[len("mailto:") :]):
+        return label
+    if "[" in label or "]" in label:  # no link markup inside link text
+        return f"{label} ({url})"
+    return f"[{' '.join(label.split(chr(10)))}]({_link_destination(href)})"
+
+
+def _wecom_image(alt: str, href: str) -> str:
+    if not href or "[" in alt or "]" in alt:
+        return _image_text(alt, _display_url(href))
+    label = f"{_IMAGE_WORD} {alt}" if alt else _IMAGE_WORD
+    return f"[{label}]({_link_destination(href)})"
+
+
+def _wecom_html_image(alt: str, src: str) -> str:
+    href = _MD.normalizeLink(src) if src else ""
+    if not href or not _MD.validateLink(href):
+        return _image_text(alt, src)
+    return _wecom_image(alt, href)
+
+
+_ESCAPED = re.compile(r"[\\`*_\[\]<&~|]")
+_ESCAPED_AT_LINE_START = frozenset("#>-+=:")
+
+
+def _escape_markdown(text: str) -> str:
+    """*text* as markdown that renders as *text* (less indentation): every character that
+    could start markup is backslash-escaped.  The fallback of markdown_to_wecom_markdown."""
+    lines = text.split("\n")
+    for index, raw in enumerate(lines):
+        line = _ESCAPED.sub(r"\\\g<0>", raw.lstrip(" \t"))
+        digits = len(line) - len(line.lstrip("0123456789"))
+        if 0 < digits <= 9 and line[digits : digits + 1] in (".", ")"):
+            line = f"{line[:digits]}\\{line[digits:]}"
+        elif line[:1] in _ESCAPED_AT_LINE_START:
+            line = "\\" + line
+        lines[index] = line
+    return "\n".join(lines)
+
+
+# --- inline helpers ----------------------------------------------------------------------
 
 
 def _display_url(href: str) -> str:
@@ -428,16 +844,20 @@ def _link_suffix(href: str, autolink: bool, text: str) -> str:
     return f" ({url})"
 
 
-def _image_text(tok: Token, depth: int) -> str:
+def _image_alt(tok: Token, depth: int) -> str:
     if depth < _MAX_IMAGE_DEPTH:
-        alt = _render_inline_children(tok.children or [], depth + 1)
+        alt = _TEXT.inline_children(tok.children or [], depth + 1)
     else:
         alt = tok.content
-    alt = " ".join(alt.split())
-    url = _display_url(str(tok.attrGet("src") or ""))
+    return " ".join(alt.split())
+
+
+def _image_text(alt: str, url: str) -> str:
     if alt and url:
         return f"{_IMAGE_LABEL} {alt} ({url})"
-    return f"{_IMAGE_LABEL} {alt or url}".rstrip()
+    if alt or url:
+        return f"{_IMAGE_LABEL} {alt or url}"
+    return _IMAGE_LABEL
 
 
 _ADJACENT_LOOKAROUND = 4  # bounded: pathological "*****…" runs nest thousands deep
@@ -494,9 +914,10 @@ def _literal_emphasis(children: list[Token]) -> set[int]:
 class _HtmlText(HTMLParser):
     """Collects the text of an HTML fragment; known tags vanish, unknown ones stay."""
 
-    def __init__(self, *, block: bool) -> None:
+    def __init__(self, *, block: bool, image: _ImageText) -> None:
         super().__init__(convert_charrefs=True)
         self._block = block
+        self._image = image
         self._skipping = 0
         self.parts: list[str] = []
 
@@ -517,10 +938,8 @@ class _HtmlText(HTMLParser):
             values = dict(attrs)
             alt = " ".join((values.get("alt") or "").split())
             src = values.get("src") or ""
-            if alt and src:
-                self.parts.append(f"{_IMAGE_LABEL} {alt} ({src})")
-            elif alt or src:
-                self.parts.append(f"{_IMAGE_LABEL} {alt or src}")
+            if alt or src:
+                self.parts.append(self._image(alt, src))
         elif tag == "br" or (self._block and tag in _HTML_BREAK_TAGS):
             self.parts.append("\n")
 
@@ -539,8 +958,8 @@ class _HtmlText(HTMLParser):
             self.parts.append(data)
 
 
-def _html_block_text(content: str) -> str:
-    parser = _HtmlText(block=True)
+def _html_block_text(content: str, image: _ImageText) -> str:
+    parser = _HtmlText(block=True, image=image)
     parser.feed(content)
     parser.close()
     lines = (line.strip() for line in "".join(parser.parts).split("\n"))
@@ -559,14 +978,14 @@ def _html_tag_name(content: str) -> str:
     return content[start:end].lower()
 
 
-def _html_inline_text(content: str) -> str:
+def _html_inline_text(content: str, image: _ImageText) -> str:
     if content.startswith(("<!", "<?")):  # comment, declaration, CDATA, processing instr.
         return ""
     name = _html_tag_name(content)
     if name not in _HTML_TAGS:
         return content
     if name in ("br", "img"):
-        parser = _HtmlText(block=False)
+        parser = _HtmlText(block=False, image=image)
         parser.feed(content)
         parser.close()
         return "".join(parser.parts)

@@ -74,6 +74,12 @@ def cdata(value: str) -> str:
     return "<![CDATA[" + value.replace("]]>", "]]]]><![CDATA[>") + "]]>"
 
 
+def corrupt_ciphertext(encrypt: str) -> str:
+    """``encrypt`` with one base64 character changed (still decodes; no longer decrypts)."""
+    flipped = "A" if encrypt[10] != "A" else "B"
+    return encrypt[:10] + flipped + encrypt[11:]
+
+
 def _nonce() -> str:
     return str(secrets.randbelow(9_000_000_000) + 1_000_000_000)
 
@@ -94,7 +100,9 @@ class Attempt:
 
     @property
     def answered(self) -> bool:
-        return self.status is not None and not self.timed_out
+        """The server answered and the platform took the answer (no ``error``, e.g. no
+        WeCom retry after a non-200)."""
+        return self.status is not None and not self.timed_out and self.error is None
 
 
 @dataclass
@@ -108,9 +116,11 @@ class Delivery:
     """The (decrypted) reply XML as a dict, when the answering attempt sent one."""
     reply_xml: str | None = None
     problem: str | None = None
-    """Why the user saw the failure text, if they did."""
+    """Why the user saw the failure text, if they did (WeCom: why the delivery failed)."""
     started_at: float = 0.0
     """``time.monotonic()`` when the first attempt started."""
+    notes: list[str] = field(default_factory=list)
+    """What the platform changed on the way (e.g. a WeCom text reply cut to 2048 bytes)."""
 
     @property
     def answered_by(self) -> Attempt | None:
@@ -121,6 +131,10 @@ class Delivery:
     def text(self) -> str | None:
         """The first text the user saw, if any."""
         return next((s for s in self.user_saw if isinstance(s, str)), None)
+
+
+def _reason(attempt: Attempt) -> str:
+    return attempt.error or f"HTTP {attempt.status}"
 
 
 class WeChatUser:
@@ -144,7 +158,16 @@ class WeChatUser:
 
 
 class WeChatSimulator:
-    """WeChat's servers for one Official Account, pointed at the plugin's endpoint URL."""
+    """WeChat's servers for one Official Account, pointed at the plugin's endpoint URL.
+
+    ``tests/emulator/wecom.py`` subclasses it; the hooks are :attr:`crypto_class`,
+    :attr:`failure_text`, :meth:`_retry_reason`, :meth:`_shown_text` and :meth:`_message`.
+    """
+
+    crypto_class: Callable[[str, str, str], Any] = WeChatCrypto
+    """wechatpy crypto taking ``(token, EncodingAESKey, receive id)``; OA: the AppID."""
+    failure_text: str | None = WECHAT_FAILURE_TEXT
+    """What the client shows when the server failed (None: nothing)."""
 
     def __init__(
         self,
@@ -167,7 +190,9 @@ class WeChatSimulator:
         self.time_scale = time_scale
         self.deliveries = deliveries
         self.original_id = original_id
-        self.crypto = WeChatCrypto(token, encoding_aes_key, app_id) if encoding_aes_key else None
+        self.crypto = (
+            self.crypto_class(token, encoding_aes_key, app_id) if encoding_aes_key else None
+        )
         self.history: list[Delivery] = []
         self._ids = itertools.count(24_000_000_000_000_000 + secrets.randbelow(10**9) * 1000)
         self._ids_lock = threading.Lock()
@@ -279,7 +304,7 @@ class WeChatSimulator:
         crypto = self.crypto
         if app_id is not None and app_id != self.app_id:
             assert self.encoding_aes_key
-            crypto = WeChatCrypto(self.token, self.encoding_aes_key, app_id)
+            crypto = self.crypto_class(self.token, self.encoding_aes_key, app_id)
         if crypto is None:
             raise ValueError("no EncodingAESKey configured")
         envelope = xmltodict.parse(crypto.encrypt_message(xml, nonce, ts))["xml"]
@@ -308,8 +333,7 @@ class WeChatSimulator:
                 xml, ts, nonce, app_id="wx_wrong_appid0000" if tamper == "app_id" else None
             )
             if tamper == "ciphertext":
-                flipped = "A" if encrypt[10] != "A" else "B"
-                encrypt = encrypt[:10] + flipped + encrypt[11:]
+                encrypt = corrupt_ciphertext(encrypt)
                 msg_sig = sign(self.token, ts, nonce, encrypt)
             params["encrypt_type"] = "aes"
             params["msg_signature"] = msg_sig
@@ -377,6 +401,7 @@ class WeChatSimulator:
                     Attempt(i, start - t0, None, b"", time.monotonic() - start, False, str(exc))
                 )
                 continue
+            retry = self._retry_reason(r)
             attempts.append(
                 Attempt(
                     i,
@@ -385,16 +410,20 @@ class WeChatSimulator:
                     r.content,
                     time.monotonic() - start,
                     False,
-                    None,
+                    retry,
                     dict(r.headers),
                 )
             )
+            if retry is not None:
+                continue
             answer = r
             break
         delivery = Delivery(xml=xml, attempts=attempts, user_saw=[], started_at=t0)
         if answer is None:
-            delivery.user_saw = [WECHAT_FAILURE_TEXT]
-            delivery.problem = "no response within the deadline on any attempt"
+            if all(a.status is None for a in attempts):
+                self._fail(delivery, "no response within the deadline on any attempt")
+            else:
+                self._fail(delivery, "every attempt failed: " + ", ".join(map(_reason, attempts)))
         else:
             self._judge(xml, answer, delivery)
         self.history.append(delivery)
@@ -402,12 +431,23 @@ class WeChatSimulator:
 
     # ------------------------------------------------------------------ replies
 
+    def _retry_reason(self, r: requests.Response) -> str | None:
+        """Why the platform retries after this answer (None: it takes it; OA takes any)."""
+        return None
+
+    def _fail(self, delivery: Delivery, problem: str) -> None:
+        delivery.user_saw = [self.failure_text] if self.failure_text is not None else []
+        delivery.problem = problem
+
+    def _shown_text(self, content: str, delivery: Delivery) -> str:
+        """How the client shows a text reply (OA: as it is)."""
+        return content
+
     def _judge(self, inbound_xml: str, r: requests.Response, delivery: Delivery) -> None:
         """Fill ``delivery.user_saw`` from the reply as the WeChat client would show it."""
 
         def failed(problem: str) -> None:
-            delivery.user_saw = [WECHAT_FAILURE_TEXT]
-            delivery.problem = problem
+            self._fail(delivery, problem)
 
         if r.status_code != 200:
             failed(f"HTTP {r.status_code}")
@@ -434,7 +474,7 @@ class WeChatSimulator:
             if not content:
                 failed("text reply with empty Content")
                 return
-            delivery.user_saw = [str(content)]
+            delivery.user_saw = [self._shown_text(str(content), delivery)]
         elif msg_type in ("image", "voice"):
             media = (reply.get(msg_type.capitalize()) or {}).get("MediaId")
             if not media:

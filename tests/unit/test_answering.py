@@ -13,10 +13,21 @@ import pytest
 
 from endpoints.wechat import audio, dify_services
 from endpoints.wechat.answer_pages import AnswerPages, page_key, read_token
-from endpoints.wechat.answering import AnswerKit, Question, finish_answer, paginate
+from endpoints.wechat.answering import (
+    AnswerKit,
+    Question,
+    finish_answer,
+    paginate,
+    paginate_markdown,
+)
 from endpoints.wechat.conversations import ConversationStore
 from endpoints.wechat.dify_app import AnswerFile, AppAnswer, AppCancelled, DifyApp
-from endpoints.wechat.formatters import TEXT_BUDGET_BYTES, utf8_len
+from endpoints.wechat.formatters import (
+    TEXT_BUDGET_BYTES,
+    markdown_to_wechat_text,
+    split_text,
+    utf8_len,
+)
 from endpoints.wechat.inbound_media import Download, MediaRequest, Prepared, TooLarge
 from endpoints.wechat.outbound_media import MediaPublisher
 from endpoints.wechat.parts import PartKind, is_text, read_part
@@ -633,3 +644,55 @@ def test_the_job_keeps_its_identity() -> None:
     original = replace(job(), worker=True)
     settled, _ = finish_answer(original, Question("o", "q"), app_for(k, ScriptedCaller()), k.kit)
     assert (settled.key, settled.owner, settled.worker) == (original.key, "owner-1", True)
+
+
+# --- WeCom: markdown parts ------------------------------------------------------------------
+
+WECOM: dict[str, Any] = {
+    "platform": "wecom",
+    "app_id": "ww0123456789abcdef",
+    "agent_id": "1000002",
+}
+HEADINGS = "\n\n".join(f"# 第{i}节\n\n" + "说明。" * 3 for i in range(200))
+
+
+def test_wecom_answers_are_markdown_parts_that_read_as_text_too() -> None:
+    k = Kit(**WECOM)
+    parts = k.compose("## 结论\n\n**注意：**先看 [文档](https://example.com/doc)。")
+    assert len(parts) == 1
+    part = read_part(parts[0])
+    assert part.kind is PartKind.MARKDOWN
+    assert part.value.startswith("## 结论") and "**注意：**" in part.value
+    assert "[文档](https://example.com/doc)" in part.value
+    assert "**" not in part.text and "https://example.com/doc" in part.text
+
+
+def test_wecom_markdown_parts_fit_as_markdown_and_as_text() -> None:
+    # Many short h1 sections: rendering "# 第1节" as "【第1节】" lengthens the text, so a
+    # plain split would give passive replies over the budget.
+    budget = TEXT_BUDGET_BYTES - HINT_RESERVE
+    plain = split_text(HEADINGS, budget)
+    assert max(utf8_len(markdown_to_wechat_text(p)) for p in plain) > budget
+    parts = paginate_markdown(HEADINGS, "1")
+    assert len(parts) >= len(plain)
+    for stored in parts:
+        part = read_part(stored)
+        assert part.kind is PartKind.MARKDOWN
+        assert utf8_len(part.value) <= TEXT_BUDGET_BYTES - HINT_RESERVE
+        assert utf8_len(part.text) <= TEXT_BUDGET_BYTES - HINT_RESERVE
+
+
+def test_wecom_without_markdown_or_without_push_gets_text_parts() -> None:
+    for overrides in ({"wecom_markdown": False}, {"delivery_mode": "fetch"}):
+        parts = Kit(**WECOM, **overrides).compose("**粗体** 和 [链接](https://example.com)")
+        assert read_part(parts[0]).kind is PartKind.TEXT, overrides
+        assert "**" not in parts[0]
+
+
+def test_wecom_long_answers_get_the_page_link_after_ten_parts() -> None:
+    k = Kit(**WECOM)
+    nine = "\n\n".join(f"第{i}段：" + "这是一段较长的回答。" * 60 for i in range(9))
+    assert all("阅读全文" not in read_part(p).value for p in k.compose(nine, page_base=HOOK))
+    eleven = "\n\n".join(f"第{i}段：" + "这是一段较长的回答。" * 60 for i in range(14))
+    parts = k.compose(eleven, page_base=HOOK)
+    assert len(parts) == 1 and "阅读全文" in read_part(parts[0]).value
