@@ -19,8 +19,6 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 from urllib.parse import urlsplit
 
-from markdown_it import MarkdownIt
-
 from . import log_messages as msgs
 from .answer_pages import AnswerPages, make_token, page_key, page_url
 from .diagnostics import APP_ERROR, Journal
@@ -28,8 +26,10 @@ from .dify_app import AnswerFile, AppAnswer, AppCancelled, AppError, DifyApp
 from .dify_services import DifyServices
 from .formatters import (
     TEXT_BUDGET_BYTES,
+    has_tables_or_images,
     markdown_to_wechat_text,
     markdown_to_wecom_markdown,
+    render_wechat_text,
     split_text,
     utf8_len,
 )
@@ -42,8 +42,6 @@ from .storage import EndpointStore
 from .texts import EMPTY_ANSWER, FULL_ANSWER_LINK, MORE_HINT, PUSH_MORE_HINT
 
 logger = logging.getLogger(__name__)
-
-_FEATURES = MarkdownIt("commonmark").enable("table")
 
 
 @dataclass(frozen=True)
@@ -139,7 +137,7 @@ class AnswerKit:
                 source += "\n\n" + _markdown_link(file)
         shape = _Shape(source, settings)
         parts = shape.parts()
-        if parts and self._wants_page(source, parts):
+        if parts and self._wants_page(shape, parts):
             # The page shows the answer as the app wrote it, pictures and files included.
             page = answer.text + "".join(
                 "\n\n" + _markdown_link(f) for f in files.values() if f.url not in answer.text
@@ -159,10 +157,10 @@ class AnswerKit:
         parts += published.parts
         return parts or [EMPTY_ANSWER]
 
-    def _wants_page(self, source: str, parts: list[str]) -> bool:
+    def _wants_page(self, shape: _Shape, parts: list[str]) -> bool:
         if not self.settings.full_answer_link:
             return False
-        return len(parts) > self.settings.push_quota or _has_tables_or_images(source)
+        return len(parts) > self.settings.push_quota or shape.rich
 
     def _page_link(self, question: Question, query: str, source: str) -> str:
         if not question.page_base or page_url(question.page_base, "-") is None:
@@ -187,9 +185,17 @@ class _Shape:
     def __init__(self, source: str, settings: Settings) -> None:
         self._keyword = settings.fetch_keyword
         self._markdown = settings.sends_markdown
-        blank = not source.strip()
-        self.text = "" if blank or self._markdown else markdown_to_wechat_text(source)
-        self._wecom = "" if blank or not self._markdown else markdown_to_wecom_markdown(source)
+        self.text = self._wecom = ""
+        #: Tables or images, which the parts show only roughly.
+        self.rich = False
+        if not source.strip():
+            return
+        if self._markdown:
+            self._wecom = markdown_to_wecom_markdown(source)
+            self.rich = has_tables_or_images(source)
+        else:
+            rendered = render_wechat_text(source)  # one parse for the text and the check
+            self.text, self.rich = rendered.text, rendered.rich
 
     def parts(self, extra_reserve: int = 0) -> list[str]:
         if self._markdown:
@@ -203,17 +209,6 @@ def _markdown_link(file: AnswerFile) -> str:
     if file.kind == "image" or file.mimetype.startswith("image/"):
         return f"![{file.name or '图片'}]({file.url})"
     return f"[{file.name or '文件'}]({file.url})"
-
-
-def _has_tables_or_images(markdown: str) -> bool:
-    if "|" not in markdown and "![" not in markdown:
-        return False  # neither can occur: skip a second markdown parse
-    for token in _FEATURES.parse(markdown):
-        if token.type == "table_open":
-            return True
-        if token.type == "inline" and any(c.type == "image" for c in token.children or []):
-            return True
-    return False
 
 
 def _title(query: str) -> str:

@@ -31,10 +31,13 @@ from markdown_it.token import Token
 __all__ = [
     "SUCCESS_BODY",
     "TEXT_BUDGET_BYTES",
+    "WeChatText",
     "cdata",
+    "has_tables_or_images",
     "image_reply_xml",
     "markdown_to_wechat_text",
     "markdown_to_wecom_markdown",
+    "render_wechat_text",
     "split_text",
     "text_reply_xml",
     "utf8_len",
@@ -169,6 +172,15 @@ class _Block:
         return self.token.type.removesuffix("_open")
 
 
+@dataclass(frozen=True)
+class WeChatText:
+    """An answer rendered for WeChat, and whether the text can only approximate it."""
+
+    text: str
+    #: Tables or images: shown as text blocks and links, better read on a page.
+    rich: bool
+
+
 def markdown_to_wechat_text(markdown: str) -> str:
     """Render *markdown* as plain text for the WeChat chat window.
 
@@ -178,17 +190,41 @@ def markdown_to_wechat_text(markdown: str) -> str:
     their text stays, code blocks are indented by two spaces.  Blocks are separated by one
     blank line.
     """
+    return render_wechat_text(markdown).text
+
+
+def render_wechat_text(markdown: str) -> WeChatText:
+    """:func:`markdown_to_wechat_text`, plus whether the answer has tables or images,
+    from the same parse."""
     markdown = strip_leading_reasoning(markdown)
     if not markdown or markdown.isspace():
-        return ""
-    tree = _parse(markdown)
-    if tree is None:
-        return _normalize_whitespace(_plain_source(markdown))
+        return WeChatText("", False)
+    tokens = _parse_tokens(markdown)
+    if tokens is None:
+        return WeChatText(_normalize_whitespace(_plain_source(markdown)), False)
+    rich = _has_tables_or_images(tokens)
     try:
-        rendered = _TEXT.blocks(tree, 0)
+        rendered = _TEXT.blocks(_build_tree(tokens), 0)
     except RecursionError:  # pragma: no cover - bounded by _MAX_NESTING
-        return _normalize_whitespace(_plain_source(markdown))
-    return _normalize_whitespace(rendered)
+        return WeChatText(_normalize_whitespace(_plain_source(markdown)), rich)
+    return WeChatText(_normalize_whitespace(rendered), rich)
+
+
+def has_tables_or_images(markdown: str) -> bool:
+    """Whether *markdown* has a table or an image (no parse when it cannot have one)."""
+    if "|" not in markdown and "![" not in markdown:
+        return False
+    tokens = _parse_tokens(strip_leading_reasoning(markdown))
+    return tokens is not None and _has_tables_or_images(tokens)
+
+
+def _has_tables_or_images(tokens: list[Token]) -> bool:
+    for token in tokens:
+        if token.type == "table_open":
+            return True
+        if token.type == "inline" and any(c.type == "image" for c in token.children or []):
+            return True
+    return False
 
 
 def markdown_to_wecom_markdown(markdown: str) -> str:
@@ -273,6 +309,12 @@ def _normalize_whitespace(text: str) -> str:
 
 def _parse(markdown: str) -> list[_Block] | None:
     """The block tree of *markdown*, or None where rendering it could lose text."""
+    tokens = _parse_tokens(markdown)
+    return None if tokens is None else _build_tree(tokens)
+
+
+def _parse_tokens(markdown: str) -> list[Token] | None:
+    """markdown-it's tokens for *markdown*, or None where rendering them could lose text."""
     try:
         tokens = _MD.parse(markdown)
     except RecursionError:  # pathological nesting inside markdown-it itself
@@ -280,7 +322,7 @@ def _parse(markdown: str) -> list[_Block] | None:
     if any(tok.level >= _MAX_NESTING - 1 for tok in tokens):
         # markdown-it stopped descending and dropped the deepest content: never lose text.
         return None
-    return _build_tree(tokens)
+    return tokens
 
 
 def _build_tree(tokens: list[Token]) -> list[_Block]:

@@ -15,8 +15,10 @@ from endpoints.wechat.formatters import (
     SUCCESS_BODY,
     TEXT_BUDGET_BYTES,
     cdata,
+    has_tables_or_images,
     image_reply_xml,
     markdown_to_wechat_text,
+    render_wechat_text,
     split_text,
     text_reply_xml,
     utf8_len,
@@ -1065,3 +1067,17 @@ def test_image_reply_xml() -> None:
     parsed = xmltodict.parse(xml)["xml"]
     assert parsed["MsgType"] == "image"
     assert parsed["Image"]["MediaId"] == "MEDIA_ID]]>"
+
+
+def test_render_wechat_text_says_whether_tables_or_images_need_a_page() -> None:
+    table = "| 城市 | 气温 |\n|---|---|\n| 北京 | 25 |"
+    for source, rich in (
+        ("纯文字，a | b 不是表格", False),
+        (table, True),
+        ("看图 ![示意](https://example.com/a.png)", True),
+        ("`![not an image](x)` in code", False),
+    ):
+        rendered = render_wechat_text(source)
+        assert rendered.rich is rich, source
+        assert rendered.text == markdown_to_wechat_text(source)
+        assert has_tables_or_images(source) is rich, source

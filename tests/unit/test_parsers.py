@@ -1,4 +1,5 @@
 import pytest
+import xmltodict
 
 from endpoints.wechat import models
 from endpoints.wechat.parsers import (
@@ -113,3 +114,74 @@ def test_empty_cdata_becomes_empty_string() -> None:
     message = parse_message(samples.text(""))
     assert isinstance(message, models.TextMessage)
     assert message.content == ""
+
+
+def _xmltodict_fields(body: str) -> object:
+    """What the parser replaced (xmltodict, entities disabled) gives, normalised as WeChat
+    fields are: empty elements "", text stripped."""
+
+    def normalise(value: object) -> object:
+        if value is None:
+            return ""
+        if isinstance(value, str):
+            return value.strip()
+        if isinstance(value, dict):
+            return {k: normalise(v) for k, v in value.items()}
+        if isinstance(value, list):
+            return [normalise(v) for v in value]
+        return value
+
+    return normalise(xmltodict.parse(body, disable_entities=True)["xml"])
+
+
+NESTED_EVENTS = [
+    samples.event(
+        "pic_photo_or_album",
+        "rselfmenu_1",
+        "<SendPicsInfo><Count>2</Count><PicList>"
+        "<item><PicMd5Sum><![CDATA[1b5f7c23b5bf75682a53e7b6d163e185]]></PicMd5Sum></item>"
+        "<item><PicMd5Sum><![CDATA[9a3c2b1e5bf75682a53e7b6d163e1851]]></PicMd5Sum></item>"
+        "</PicList></SendPicsInfo>",
+    ),
+    samples.event(
+        "scancode_waitmsg",
+        "rselfmenu_0_0",
+        "<ScanCodeInfo><ScanType><![CDATA[qrcode]]></ScanType>"
+        "<ScanResult><![CDATA[1]]></ScanResult></ScanCodeInfo>",
+    ),
+    samples.event(
+        "location_select",
+        "rselfmenu_2",
+        "<SendLocationInfo><Location_X>23</Location_X><Location_Y>113</Location_Y>"
+        "<Scale>15</Scale><Label><![CDATA[ 广州市 ]]></Label><Poiname></Poiname>"
+        "</SendLocationInfo>",
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    "xml",
+    [
+        samples.text("  hi  "),
+        samples.text("a ]]]]><![CDATA[> b &amp; <c>".replace("<c>", "&lt;c&gt;")),
+        samples.text(""),
+        samples.of(samples.IMAGE),
+        samples.of(samples.VOICE_RECOGNIZED),
+        samples.of(samples.LOCATION),
+        samples.of(samples.LINK),
+        samples.event("subscribe", "qrscene_123"),
+        "<xml>\n  <ToUserName><![CDATA[gh_1]]></ToUserName>\n  <Empty/>\n  <Spaces>   </Spaces>\n"
+        "  <Repeated>1</Repeated><Repeated>2</Repeated><Repeated>3</Repeated>\n</xml>",
+        *NESTED_EVENTS,
+    ],
+)
+def test_fields_are_what_xmltodict_gives(xml: str) -> None:
+    assert parse_xml_fields(xml) == _xmltodict_fields(xml)
+    assert parse_xml_fields(xml.encode("utf-8")) == _xmltodict_fields(xml)
+
+
+def test_nested_events_keep_their_structure() -> None:
+    fields = parse_xml_fields(NESTED_EVENTS[0])
+    items = fields["SendPicsInfo"]["PicList"]["item"]
+    assert fields["SendPicsInfo"]["Count"] == "2"
+    assert [i["PicMd5Sum"][:4] for i in items] == ["1b5f", "9a3c"]
