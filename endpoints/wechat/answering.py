@@ -39,7 +39,13 @@ from .parts import markdown_part
 from .retry_tracker import Job, JobState
 from .settings import Settings
 from .storage import EndpointStore
-from .texts import EMPTY_ANSWER, FULL_ANSWER_LINK, MORE_HINT, PUSH_MORE_HINT
+from .texts import (
+    EMPTY_ANSWER,
+    FULL_ANSWER_LINK,
+    FULL_ANSWER_MARKDOWN_LINK,
+    MORE_HINT,
+    PUSH_MORE_HINT,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -74,10 +80,11 @@ def paginate_markdown(markdown: str, keyword: str, extra_reserve: int = 0) -> li
     pieces = split_text(markdown, budget)
     for _ in range(_MARKDOWN_SHRINK_STEPS):
         if all(utf8_len(markdown_to_wechat_text(p)) <= limit for p in pieces):
-            break
+            return [markdown_part(p) for p in pieces] or [EMPTY_ANSWER]
         budget = budget * 9 // 10
         pieces = split_text(markdown, budget)
-    return [markdown_part(p) for p in pieces] or [EMPTY_ANSWER]
+    # Pathological markup (thousands of one-letter headings): plain text parts always fit.
+    return paginate(markdown_to_wechat_text(markdown), keyword, extra_reserve)
 
 
 def _budget(keyword: str, extra_reserve: int) -> int:
@@ -142,7 +149,8 @@ class AnswerKit:
             page = answer.text + "".join(
                 "\n\n" + _markdown_link(f) for f in files.values() if f.url not in answer.text
             )
-            link = self._page_link(question, query, page)
+            url = self._page_url(question, query, page)
+            link = shape.link(url) if url else ""
             if link:  # the parts make room for it
                 parts = shape.parts(utf8_len(link))
                 if len(parts) > settings.push_quota:
@@ -162,7 +170,7 @@ class AnswerKit:
             return False
         return len(parts) > self.settings.push_quota or shape.rich
 
-    def _page_link(self, question: Question, query: str, source: str) -> str:
+    def _page_url(self, question: Question, query: str, source: str) -> str:
         if not question.page_base or page_url(question.page_base, "-") is None:
             return ""
         expires_at = self._clock() + self.settings.full_answer_seconds
@@ -174,8 +182,7 @@ class AnswerKit:
             logger.warning(msgs.BOOKKEEPING_FAILED, exc_info=True)
             return ""
         token = make_token(page_key(self.settings, self._endpoint_id), page_id, int(expires_at))
-        url = page_url(question.page_base, token)
-        return FULL_ANSWER_LINK.format(url=url) if url else ""
+        return page_url(question.page_base, token) or ""
 
 
 class _Shape:
@@ -196,6 +203,13 @@ class _Shape:
         else:
             rendered = render_wechat_text(source)  # one parse for the text and the check
             self.text, self.rich = rendered.text, rendered.rich
+
+    def link(self, url: str) -> str:
+        """The 阅读全文 line after the last part: an HTML link in WeChat text, a markdown
+        link in WeCom markdown (which has no HTML; as text it reads "阅读全文 (url)")."""
+        if self._markdown:
+            return FULL_ANSWER_MARKDOWN_LINK.format(url=url)
+        return FULL_ANSWER_LINK.format(url=url)
 
     def parts(self, extra_reserve: int = 0) -> list[str]:
         if self._markdown:

@@ -22,7 +22,14 @@ import time
 from collections.abc import Callable
 
 from . import timing
-from .api import TransportError, Unauthorized, WeChatError
+from .api import (
+    CredentialError,
+    IPNotTrusted,
+    IPNotWhitelisted,
+    TransportError,
+    Unauthorized,
+    WeChatError,
+)
 from .api.errors import error_label
 from .diagnostics import Journal
 from .outbox import Delivery, Outbox, Route
@@ -36,6 +43,11 @@ logger = logging.getLogger(__name__)
 
 #: A 48001 ("api unauthorized") keeps auto mode on fetch for this long.
 PUSH_BLOCKED_SECONDS = 6 * 3600.0
+#: A set-up error an admin fixes in minutes (an IP not whitelisted or trusted, a wrong
+#: Secret or AgentId) keeps auto mode on fetch for this long: users are told to fetch
+#: rather than promised a push that fails, and pushing resumes soon after the fix.
+PUSH_SETUP_BLOCKED_SECONDS = 600.0
+_SETUP_ERRORS = (IPNotWhitelisted, IPNotTrusted, CredentialError)
 _STATE_KIND = "state"
 _BLOCKED_IDENT = "push-blocked"
 _CACHE_SECONDS = 30.0
@@ -94,9 +106,9 @@ class Router:
         _BLOCKED.put(self._scope, now, blocked)
         return blocked
 
-    def block_push(self) -> None:
+    def block_push(self, seconds: float = PUSH_BLOCKED_SECONDS) -> None:
         now = self._clock()
-        self._store.save(_STATE_KIND, _BLOCKED_IDENT, {"until": now + PUSH_BLOCKED_SECONDS})
+        self._store.save(_STATE_KIND, _BLOCKED_IDENT, {"until": now + seconds})
         _BLOCKED.put(self._scope, now, True)
 
 
@@ -147,6 +159,19 @@ class Pusher:
                 )
                 self._journal.record_wechat(exc)
                 self._router.block_push()
+                return self._outbox.switch_to_fetch(delivery, announced=False)
+            except _SETUP_ERRORS as exc:
+                logger.warning(
+                    "Pushing part %d of message %s failed (%s): %s Late answers wait for the "
+                    "fetch keyword for the next %d minutes.",
+                    index + 1,
+                    ref,
+                    error_label(exc),
+                    exc.hint,
+                    PUSH_SETUP_BLOCKED_SECONDS // 60,
+                )
+                self._journal.record_wechat(exc)
+                self._router.block_push(PUSH_SETUP_BLOCKED_SECONDS)
                 return self._outbox.switch_to_fetch(delivery, announced=False)
             except (TransportError, WeChatError) as exc:
                 logger.warning(

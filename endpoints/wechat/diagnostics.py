@@ -373,14 +373,10 @@ def explain(
             f"企业微信拒绝了来自 {where_zh} 的调用：请在「应用详情 → 企业可信IP」中添加。",
         )
     if wecom and isinstance(code, int):
-        known = _WECOM_EXPLAINED.get(code)
-        if known is None:
-            return (
-                f"WeCom error {code}: {wecom_error_for(code, '').hint}",
-                f"企业微信返回错误码 {code}，可在 https://open.work.weixin.qq.com/devtool/query "
-                "查询。",
-            )
-        return known
+        zh = _WECOM_ZH.get(code)
+        if zh is None:
+            zh = f"企业微信返回错误码 {code}，请在企业微信开发者中心的错误码查询工具中查看。"
+        return f"WeCom error {code}: {wecom_error_for(code, '').hint}", zh
     known = _EXPLAINED.get(code) if isinstance(code, int) else _EXPLAINED_STR.get(code)
     if known is not None:
         en, zh = known
@@ -423,34 +419,16 @@ _EXPLAINED: dict[int, tuple[str, str]] = {
     40014: _TOKEN_TEXT,
     42001: _TOKEN_TEXT,
 }
-_WECOM_EXPLAINED: dict[int, tuple[str, str]] = {
-    40001: (
-        "The app's Secret is wrong: copy it again (应用管理 → the app → Secret).",
-        "应用 Secret 不正确：请重新复制（「应用管理 → 应用 → Secret」）。",
-    ),
-    40013: (
-        "The CorpID (app_id) is wrong: copy it from 我的企业 → 企业信息 → 企业ID.",
-        "企业ID (app_id) 不正确：请从「我的企业 → 企业信息 → 企业ID」复制。",
-    ),
-    40056: (
-        "The AgentId is wrong: copy it from 应用管理 → the app.",
-        "AgentId 不正确：请从「应用管理 → 应用」页面复制。",
-    ),
-    40058: (
-        "WeCom refused a message parameter (e.g. markdown too long); it was sent as text.",
-        "企业微信拒绝了消息参数（如 Markdown 过长），已改为文本发送。",
-    ),
-    48002: (
-        "WeCom forbids this API for the app: use the app's own Secret and check its permissions.",
-        "企业微信不允许该应用调用此接口：请使用应用自己的 Secret 并检查应用权限。",
-    ),
-    81013: (
-        "The member cannot receive the app's messages: check the app's visibility range "
-        "(可见范围) and that the member is active.",
-        "成员无法接收该应用的消息：请检查应用的「可见范围」以及成员状态。",
-    ),
-    40014: _TOKEN_TEXT,
-    42001: _TOKEN_TEXT,
+# WeCom: the English text is the error's own hint (api.errors); the Chinese one is here.
+_WECOM_ZH: dict[int, str] = {
+    40001: "应用 Secret 不正确：请重新复制（「应用管理 → 应用 → Secret」）。",
+    40013: "企业ID (app_id) 不正确：请从「我的企业 → 企业信息 → 企业ID」复制。",
+    40014: _TOKEN_TEXT[1],
+    42001: _TOKEN_TEXT[1],
+    40056: "AgentId 不正确：请从「应用管理 → 应用」页面复制。",
+    40058: "企业微信拒绝了消息参数（如 Markdown 过长），已改为文本发送。",
+    48002: "企业微信不允许该应用调用此接口：请使用应用自己的 Secret 并检查应用权限。",
+    81013: "成员无法接收该应用的消息：请检查应用的「可见范围」以及成员状态。",
 }
 _EXPLAINED_STR: dict[str, tuple[str, str]] = {
     APP_ERROR: (

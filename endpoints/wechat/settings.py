@@ -371,8 +371,8 @@ def load_settings(raw: Mapping[str, Any], forced_platform: Platform | None = Non
         problems.append(
             SettingProblem(
                 "app_id",
-                "The CorpID looks wrong: it is 'ww' followed by 16 characters "
-                "(我的企业 → 企业信息 → 企业ID).",
+                "The CorpID looks wrong: it is 'ww' (older enterprises: 'wx') followed by 16 "
+                "characters (我的企业 → 企业信息 → 企业ID).",
                 "企业ID (CorpID) 格式不对：应为 ww 开头加 16 位字符"
                 "（「我的企业 → 企业信息 → 企业ID」）。",
             )

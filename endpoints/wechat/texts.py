@@ -13,4 +13,5 @@ HELP_TEMPLATE = """可用指令：
 
 直接发送文字、图片、语音、链接或位置即可提问。"""
 FULL_ANSWER_LINK = '\n\n<a href="{url}">阅读全文</a>'
+FULL_ANSWER_MARKDOWN_LINK = "\n\n[阅读全文]({url})"
 WELCOME_QUERY = "你好"

@@ -165,6 +165,25 @@ def test_a_late_answer_arrives_as_a_markdown_app_message(
     assert calls_for(emu, "慢问题") == 1
 
 
+def test_the_wecom_url_pushes_as_wecom_even_with_the_official_account_setting(
+    emulator_factory: EmulatorFactory,
+    default_settings: dict[str, Any],
+    wecom_api: FakeWeComAPI,
+    time_scale: float,
+) -> None:
+    # The worker request (…/wechat/worker) must know the message came to /wecom.
+    settings = wecom_settings(default_settings, wecom_api, path_platform=False)
+    app = ScriptedApp("chat", MARKDOWN_ANSWER, latency=16 * time_scale)
+    emu = emulator_factory(app=app, settings=settings)
+    sim = simulator(emu, settings, time_scale, "/wecom")
+    assert sim.deliver(sim.text("wangwu", "慢问题")).user_saw == [PUSH_WAIT]
+    assert wecom_api.wait_until(lambda a: len(a.outbox("wangwu")) >= 1, timeout=30)
+    finish(emu)
+    assert wecom_api.markdowns("wangwu") == [MARKDOWN_ANSWER]
+    page = requests.get(emu.url("/wecom"), timeout=10).text
+    assert "/wecom" in page and "platform" in page  # the mismatch is pointed out
+
+
 def test_with_markdown_off_late_answers_are_text(
     emulator_factory: EmulatorFactory,
     default_settings: dict[str, Any],

@@ -695,4 +695,17 @@ def test_wecom_long_answers_get_the_page_link_after_ten_parts() -> None:
     assert all("阅读全文" not in read_part(p).value for p in k.compose(nine, page_base=HOOK))
     eleven = "\n\n".join(f"第{i}段：" + "这是一段较长的回答。" * 60 for i in range(14))
     parts = k.compose(eleven, page_base=HOOK)
-    assert len(parts) == 1 and "阅读全文" in read_part(parts[0]).value
+    assert len(parts) == 1
+    part = read_part(parts[0])
+    # A markdown link (WeCom markdown has no HTML); as text it keeps its URL.
+    match = re.search(r"\n\n\[阅读全文\]\((https://[^)]+)\)$", part.value)
+    assert match and match.group(1).startswith(PAGE_PREFIX)
+    assert part.text.endswith(f"阅读全文 ({match.group(1)})")
+    assert utf8_len(part.value) <= TEXT_BUDGET_BYTES and utf8_len(part.text) <= TEXT_BUDGET_BYTES
+
+
+def test_wecom_markdown_that_cannot_fit_as_text_becomes_text_parts() -> None:
+    pathological = "\n\n".join("# a" for _ in range(3000))
+    parts = paginate_markdown(pathological, "1")
+    assert all(read_part(p).kind is PartKind.TEXT for p in parts)
+    assert all(utf8_len(p) <= TEXT_BUDGET_BYTES - HINT_RESERVE for p in parts)

@@ -9,13 +9,21 @@ import pytest
 
 from endpoints.wechat import delivery, timing
 from endpoints.wechat.api import (
+    CredentialError,
+    IPNotTrusted,
+    IPNotWhitelisted,
     OutOfWindow,
     QuotaExceeded,
     TransportError,
     Unauthorized,
     UserUnavailable,
 )
-from endpoints.wechat.delivery import PUSH_BLOCKED_SECONDS, Pusher, Router
+from endpoints.wechat.delivery import (
+    PUSH_BLOCKED_SECONDS,
+    PUSH_SETUP_BLOCKED_SECONDS,
+    Pusher,
+    Router,
+)
 from endpoints.wechat.outbox import Delivery, Outbox, Route
 from endpoints.wechat.parts import PartKind, media_part
 from endpoints.wechat.retry_tracker import RetryTracker
@@ -314,6 +322,28 @@ def test_a_failure_mid_answer_counts_what_went_out(error: Exception) -> None:
     assert result.route is Route.FETCH and result.sent == 2
     assert result.unannounced and not result.closed
     assert s.router.route() is Route.PUSH  # only 48001 blocks the account
+
+
+@pytest.mark.parametrize(
+    "error",
+    [
+        IPNotWhitelisted(40164, "invalid ip 203.0.113.7, not in whitelist"),
+        IPNotTrusted(60020, "not allow to access from your ip, from ip: 203.0.113.7"),
+        CredentialError(40056, "invalid agentid"),
+    ],
+    ids=lambda e: type(e).__name__,
+)
+def test_a_setup_error_keeps_auto_on_fetch_until_the_admin_had_time_to_fix_it(
+    monkeypatch: pytest.MonkeyPatch, error: Exception
+) -> None:
+    monkeypatch.setattr(delivery, "_BLOCKED", delivery._BlockedCache())
+    s = Setup(FakeSender({0: error}))
+    result = s.push(numbered(2))
+    assert result.route is Route.FETCH and result.sent == 0
+    assert s.router.route() is Route.FETCH  # the next late answer is not promised a push
+    s.clock.advance(PUSH_SETUP_BLOCKED_SECONDS + 1)
+    monkeypatch.setattr(delivery, "_BLOCKED", delivery._BlockedCache())
+    assert s.router.route() is Route.PUSH  # and pushing resumes after the fix
 
 
 def test_a_failure_after_a_passive_part_counts_it_too() -> None:

@@ -219,7 +219,13 @@ class Harness:
 
 
 def test_url_check_answers_the_decrypted_echostr() -> None:
-    request, echo = WeCom().verify()
+    # Ciphertexts are random: try echoes until one carries a "+" that a form decoder
+    # turned into a space, so the repair is always exercised.
+    for n in range(200):
+        request, echo = WeCom().verify(f"16161403175551610{n:02d}")
+        if " " in request.query["echostr"]:
+            break
+    assert " " in request.query["echostr"]
     reply = handle_get(request, wecom_settings(), "")
     assert (reply.status, reply.body) == (200, echo)
 
@@ -283,6 +289,16 @@ def test_a_message_for_another_app_is_refused_without_an_app_call(
     reply = h.post(text("hi", agent="1000003"), agent="1000003")
     assert reply.status == 403 and h.caller.calls == []
     assert "AgentID" in caplog.text
+
+
+def test_the_decrypted_agent_id_is_the_one_checked() -> None:
+    h = Harness()
+    # The envelope names our app, the signed and encrypted message another one.
+    reply = h.post(text("hi", agent="1000003"), agent=AGENT_ID)
+    assert reply.status == 403 and h.caller.calls == []
+    # Messages without an AgentID (not sent by an app) are not refused for it.
+    no_agent = text("hi").replace(f"<AgentID>{AGENT_ID}</AgentID>", "")
+    assert Harness().post(no_agent, agent="").status == 200
 
 
 @pytest.mark.parametrize(

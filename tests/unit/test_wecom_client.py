@@ -82,6 +82,10 @@ def test_the_token_is_shared_through_storage_per_corp_and_agent(wecom: FakeWeCom
     with client(wecom, shared, agent_id="1000003") as other_app:
         assert other_app.tokens.get() is not None
     assert wecom.token_fetches == 2  # another app's Secret has its own token
+    # A changed Secret is not served the old one's token (this one is wrong: WeCom says so).
+    corrected = client(wecom, shared, secret="a-corrected-secret-0000")
+    with corrected, pytest.raises(CredentialError):
+        corrected.tokens.get()
 
 
 def test_an_expired_token_is_refreshed_once_and_the_call_retried(wecom: FakeWeComAPI) -> None:

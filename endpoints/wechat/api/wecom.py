@@ -5,7 +5,8 @@ refresh-and-retry on a rejected token, bounded time, nothing secret in errors); 
 differs is here (``wechat-protocol.md`` §10.4-§10.5):
 
 - the token comes from ``GET /cgi-bin/gettoken?corpid=…&corpsecret=…``; it belongs to the
-  app's Secret, so the shared cache is keyed by CorpID and AgentId;
+  app's Secret, so the shared cache is keyed by CorpID, AgentId and a digest of the Secret
+  (pasting the right Secret over a wrong one must not keep serving the wrong one's token);
 - messages go out through ``POST /cgi-bin/message/send`` with the app's ``agentid``: text,
   markdown (≤ 2048 UTF-8 bytes, shown in the WeCom client only), image, voice;
 - error codes have WeCom meanings (:func:`.errors.wecom_error_for`), e.g. 60020 when the
@@ -14,6 +15,7 @@ differs is here (``wechat-protocol.md`` §10.4-§10.5):
 
 from __future__ import annotations
 
+import hashlib
 import time
 from collections.abc import Callable
 from typing import Any
@@ -44,7 +46,8 @@ class WeComClient(ServerAPIClient):
         clock: Callable[[], float] = time.time,
         timeout: float = DEFAULT_TIMEOUT,
     ) -> None:
-        owner = f"wecom:{corp_id}:{agent_id}"
+        secret_digest = hashlib.sha256(secret.encode("utf-8")).hexdigest()[:16]
+        owner = f"wecom:{corp_id}:{agent_id}:{secret_digest}"
         super().__init__(base_url, owner, secret, store, transport, clock, timeout)
         self._corp_id = corp_id
         self._agent_id = agent_id
