@@ -136,9 +136,7 @@ def handle_get(
         return HttpReply(200, page, HTML)
     if settings.is_wecom:
         return _verify_wecom_url(request, settings, endpoint_url)
-    signature = request.query.get("signature", "")
-    timestamp = request.query.get("timestamp", "")
-    nonce = request.query.get("nonce", "")
+    signature, timestamp, nonce = _signed(request.query, "signature")
     echostr = request.query.get("echostr", "")
     if not settings.token:
         _log_once(endpoint_url, msgs.NOT_CONFIGURED, "the Token is missing")
@@ -156,9 +154,7 @@ def handle_get(
 def _verify_wecom_url(request: HttpRequest, settings: Settings, endpoint_url: str) -> HttpReply:
     """WeCom's URL check: the ``echostr`` is encrypted; the answer is its plaintext."""
     query = request.query
-    msg_signature = query.get("msg_signature", "")
-    timestamp = query.get("timestamp", "")
-    nonce = query.get("nonce", "")
+    msg_signature, timestamp, nonce = _signed(query, "msg_signature")
     echostr = query.get("echostr", "")
     crypto = _wecom_crypto(settings, endpoint_url, "GET")
     if isinstance(crypto, HttpReply):
@@ -374,9 +370,7 @@ def _verify_and_parse(
     if len(request.body) > MAX_BODY_BYTES:
         raise Refused(413, "body too large")
     query = request.query
-    signature = query.get("signature", "")
-    timestamp = query.get("timestamp", "")
-    nonce = query.get("nonce", "")
+    signature, timestamp, nonce = _signed(query, "signature")
     if not signature and query.get("msg_signature") and not query.get("encrypt_type"):
         _log_once(scope, msgs.LOOKS_LIKE_WECOM)
         raise Refused(403, "WeCom-style request on an Official Account endpoint")
@@ -418,9 +412,7 @@ def _verify_wecom(request: HttpRequest, settings: Settings, now: float, scope: s
     if len(request.body) > MAX_BODY_BYTES:
         raise Refused(413, "body too large")
     query = request.query
-    msg_signature = query.get("msg_signature", "")
-    timestamp = query.get("timestamp", "")
-    nonce = query.get("nonce", "")
+    msg_signature, timestamp, nonce = _signed(query, "msg_signature")
     if not msg_signature and query.get("signature"):
         _log_once(scope, msgs.LOOKS_LIKE_OFFICIAL_ACCOUNT)
         raise Refused(403, "Official Account request on a WeCom endpoint")
@@ -435,6 +427,11 @@ def _verify_wecom(request: HttpRequest, settings: Settings, now: float, scope: s
         _log_once(scope, msgs.WRONG_AGENT)
         raise Refused(403, "message for another WeCom app (AgentID differs from agent_id)")
     return _Verified(message, crypto, nonce, msg_signature)
+
+
+def _signed(query: Mapping[str, str], signature: str) -> tuple[str, str, str]:
+    """The signature named ``signature``, the timestamp and the nonce of a request."""
+    return query.get(signature, ""), query.get("timestamp", ""), query.get("nonce", "")
 
 
 def _check_timestamp(timestamp: str, now: float, settings: Settings) -> None:
