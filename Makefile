@@ -36,12 +36,14 @@ unit: venv
 test: lint typecheck unit
 
 ## make probe URL=https://<dify-host>/e/<hook_id>/wechat TOKEN=… [APP_ID=… AES_KEY=…] [MODE=plain|compatible|safe]
-##   [TIMEOUT=5] [ALLOW_LOCAL=1]: check a deployed endpoint the way WeChat does (tools/probe.py).
+##   [PLATFORM=wecom AGENT_ID=…] [TIMEOUT=5] [ALLOW_LOCAL=1]: check a deployed endpoint the way
+##   WeChat or WeCom does (tools/probe.py; a …/wecom URL is probed as WeCom, APP_ID = CorpID).
 ## Values may also come from the environment (TOKEN or PROBE_TOKEN, …); the recipe is not echoed.
 probe: venv
 	@test -n "$(URL)" || { echo "usage: make probe URL=https://<dify-host>/e/<hook_id>/wechat TOKEN=… [APP_ID=… AES_KEY=…] [MODE=…]"; exit 2; }
 	@PROBE_TOKEN="$(or $(TOKEN),$(PROBE_TOKEN))" PROBE_APP_ID="$(or $(APP_ID),$(PROBE_APP_ID))" \
 	  PROBE_AES_KEY="$(or $(AES_KEY),$(PROBE_AES_KEY))" \
+	  PROBE_AGENT_ID="$(or $(AGENT_ID),$(PROBE_AGENT_ID))" PROBE_PLATFORM="$(or $(PLATFORM),$(PROBE_PLATFORM))" \
 	  $(PY) -m tools.probe "$(URL)" $(if $(MODE),--mode "$(MODE)") \
 	  $(if $(TIMEOUT),--timeout "$(TIMEOUT)") $(if $(ALLOW_LOCAL),--allow-local)
 
