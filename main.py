@@ -5,7 +5,7 @@ import logging
 from dify_plugin import DifyPluginEnv, Plugin
 from dify_plugin.config.logger_format import plugin_logger_handler
 
-from endpoints.wechat.sdk_tuning import share_default_tls_context
+from endpoints.wechat.sdk_tuning import tune_sdk
 
 # httpx logs full request URLs at INFO; WeChat API URLs carry access_token in the query.
 for _noisy in ("httpx", "httpcore", "urllib3"):
@@ -17,7 +17,7 @@ _plugin_logger.setLevel(logging.INFO)
 _plugin_logger.addHandler(plugin_logger_handler)
 _plugin_logger.propagate = False
 
-share_default_tls_context()
+tune_sdk()
 
 plugin = Plugin(DifyPluginEnv(MAX_REQUEST_TIMEOUT=120))
 

@@ -24,6 +24,17 @@ daemon (Go) has no such cost, so this bench sets the interval to ``--relay-poll`
 a session then ends at most 0.1 s after WeChat hung up instead of 0.02 s); pass 0.02 for
 the emulator's own behaviour.
 
+The emulator's app streams carry a ``ping`` event every second by default; Dify sends one
+every 10 s (the emulator's docstring), and with 200 streams open the extra 190 pings a
+second are work for both sides that a real deployment does not have. This bench uses
+``--ping`` (10 s) instead.
+
+The emulator asks whether a client hung up with ``select()``, which cannot watch a file
+descriptor above 1023 and then reports every such client as gone: with 200 users the bench
+process holds well over a thousand sockets, and requests (WeChat's deliveries, worker
+calls) were cut at random ~0.1 s after they arrived. This bench swaps in the same check
+made with ``poll()`` (:func:`client_gone`).
+
 Memory is read from ``/proc/<pid>/status`` of each plugin process (and any child it
 starts): ``VmHWM`` (the kernel's peak resident set) at the end, ``VmRSS`` sampled during the
 run. CPU seconds of the plugin and of this process (emulator, WeChat simulator, fake API
@@ -41,6 +52,8 @@ import os
 import re
 import resource
 import secrets
+import select
+import socket
 import threading
 import time
 from collections import Counter
@@ -70,8 +83,24 @@ SAMPLE_EVERY = 0.2
 RELAY_POLL = 0.1
 """Seconds between the emulator's checks whether WeChat hung up on a request (its own
 default, 0.02, costs most of a core with hundreds of requests open; see the docstring)."""
+PING_INTERVAL = 10.0
+"""Seconds between ``ping`` events on a running app stream (Dify's; the emulator's own
+default is 1 s)."""
 SHOW_ANOMALIES = 30
 """Lines of per-message timelines printed when messages went wrong."""
+
+
+def client_gone(sock: socket.socket) -> bool:
+    """The emulator's hang-up check (``daemon.client_gone``) with ``poll()``, which has no
+    limit on descriptor numbers (see the module docstring)."""
+    try:
+        poller = select.poll()
+        poller.register(sock, select.POLLIN | select.POLLPRI)
+        if not poller.poll(0):
+            return False
+        return sock.recv(1, socket.MSG_PEEK) == b""
+    except (OSError, ValueError):
+        return True
 
 
 def manifest_memory_limit(path: Path = REPO_ROOT / "manifest.yaml") -> int | None:
@@ -223,6 +252,28 @@ class MemoryWatch:
             best = (max(best[0], (p1 - p0) / (t1 - t0)), max(best[1], (b1 - b0) / (t1 - t0)))
         return best
 
+    def per_second(self, seconds: int = 30) -> list[tuple[float, float]]:
+        """CPU use (cores) in each whole second from the start: (plugin, this process)."""
+        trace = self.cpu_trace
+        if not trace:
+            return []
+        t0 = trace[0][0]
+        out: list[tuple[float, float]] = []
+        j = 0
+        for second in range(seconds):
+            start, end = t0 + second, t0 + second + 1
+            while j < len(trace) and trace[j][0] < start:
+                j += 1
+            k = j
+            while k < len(trace) and trace[k][0] <= end:
+                k += 1
+            if k - 1 <= j or k > len(trace):
+                break
+            a, b = trace[j], trace[k - 1]
+            span = b[0] - a[0]
+            out.append(((b[1] - a[1]) / span, (b[2] - a[2]) / span))
+        return out
+
     def _run(self) -> None:
         while not self._stop.wait(SAMPLE_EVERY):
             self.sample()
@@ -251,6 +302,10 @@ class Outcome:
     requests: Counter[str] = field(default_factory=Counter)
     """Front requests (Dify sessions) by endpoint path."""
     storage_calls: int = 0
+    storage_by_kind: Counter[str] = field(default_factory=Counter)
+    """Storage calls by record kind and operation (``job get``, ``sweep set``…)."""
+    late_storage_calls: int = 0
+    """Storage calls refused because their session had ended (not in ``storage_calls``)."""
     load_before: float = 0.0
     """1-minute load average when the run started."""
     odd: list[str] = field(default_factory=list)
@@ -265,11 +320,13 @@ def run(
     plugin_log: Path | None = None,
     plugin_env: dict[str, str] | None = None,
     relay_poll: float = RELAY_POLL,
+    ping_interval: float = PING_INTERVAL,
 ) -> Outcome:
     app = TimedEchoApp()
     odd: list[str] = []
     load_before = os.getloadavg()[0]
     emulator_daemon.POLL_INTERVAL = relay_poll  # read by each relay loop; see the docstring
+    emulator_daemon.client_gone = client_gone  # select() fails above fd 1023; see the docstring
     with FakeWeChatAPI() as api:
         settings = make_settings(mode, api)
         emulator = DaemonEmulator(
@@ -280,6 +337,7 @@ def run(
             max_invocation_timeout=30,
             max_execution_timeout=max(120.0, latency + 60.0),
             startup_timeout=60.0,
+            ping_interval=ping_interval,
         )
         with emulator:
             sim = WeChatSimulator(
@@ -328,7 +386,10 @@ def run(
             bench_cpu = (cpu1.ru_utime - cpu0.ru_utime) + (cpu1.ru_stime - cpu0.ru_stime)
             calls = emulator.app_calls
             requests = Counter(str(s["path"]) for s in emulator.sessions)
-            storage_calls = len(emulator.storage_calls)
+            served = emulator.storage_calls
+            storage_calls = len(served)
+            by_kind = Counter(f"{storage_kind(str(c['key']))} {c['opt']}" for c in served)
+            late_storage = sum(1 for c in emulator.late_calls if c["type"] == "storage")
             for msg in messages:
                 judge(msg, calls, api)
             questions = {m.question for m in messages}
@@ -354,9 +415,19 @@ def run(
         machine_busy,
         requests,
         storage_calls,
+        by_kind,
+        late_storage,
         load_before,
         odd,
     )
+
+
+def storage_kind(key: str) -> str:
+    """The record kind of a storage key ``wx/<endpoint>/<kind>/<id>`` (else its head)."""
+    parts = key.split("/")
+    if len(parts) >= 4 and parts[0] == "wx":
+        return parts[2]
+    return parts[0] or "?"
 
 
 def percentile(values: list[float], q: float) -> float | None:
@@ -402,7 +473,8 @@ def report(out: Outcome, args: argparse.Namespace, limit: int | None) -> list[st
         f"# {machine()}",
         f"# {n} users, one message each, sent within {out.send_span:.2f} s; app latency "
         f"{args.latency:g} s; mode {args.mode}; {args.processes} plugin process(es); "
-        f"WeChat timing ×1; emulator relay poll {args.relay_poll:g} s; run took {out.wall:.0f} s"
+        f"WeChat timing ×1; emulator relay poll {args.relay_poll:g} s, app stream pings every "
+        f"{args.ping:g} s; run took {out.wall:.0f} s"
         + (f"; plugin env {args.plugin_env}" if args.plugin_env else ""),
         "",
         "| metric | value | target |",
@@ -431,7 +503,16 @@ def report(out: Outcome, args: argparse.Namespace, limit: int | None) -> list[st
         f"{1000 * plugin_cpu / max(1, n):.0f} ms per message | |",
         "| plugin work | "
         + ", ".join(f"{v} × {k}" for k, v in sorted(out.requests.items()))
-        + f" requests; {out.storage_calls} storage calls | |",
+        + f" requests; {out.storage_calls} storage calls "
+        f"({out.storage_calls / max(1, n):.1f} per message) | |",
+        "| storage calls per message, by record kind and operation | "
+        + ", ".join(f"{k} {v / max(1, n):.2f}" for k, v in sorted(out.storage_by_kind.items()))
+        + (
+            f"; {out.late_storage_calls} refused (session already ended)"
+            if out.late_storage_calls
+            else ""
+        )
+        + " | |",
         f"| bench process CPU (emulator, simulator, users) | {out.bench_cpu:.1f} s "
         f"({100 * out.bench_cpu / out.wall:.0f} % of a core); "
         f"{out.memory.peak_threads} threads at most | |",
@@ -445,6 +526,9 @@ def report(out: Outcome, args: argparse.Namespace, limit: int | None) -> list[st
         "| busiest second, CPU in cores: plugin / bench process | {:.2f} / {:.2f} | |".format(
             *out.memory.busiest_second()
         ),
+        "| CPU per second from the start, cores: plugin / bench process | "
+        + " ".join(f"{p:.1f}/{b:.1f}" for p, b in out.memory.per_second())
+        + " | |",
         "",
         "| process | pid | RSS at start (MiB) | peak RSS (MiB) | VmHWM (MiB) | CPU (s) "
         "| OS threads at most |",
@@ -494,6 +578,12 @@ def main() -> None:
         default=RELAY_POLL,
         help="seconds between the emulator's hang-up checks per open request (its own: 0.02)",
     )
+    parser.add_argument(
+        "--ping",
+        type=float,
+        default=PING_INTERVAL,
+        help="seconds between pings on an app stream (Dify: 10; the emulator's own: 1)",
+    )
     parser.add_argument("--plugin-log", type=Path, help="write the plugin processes' log here")
     parser.add_argument(
         "--plugin-env",
@@ -505,7 +595,23 @@ def main() -> None:
     args = parser.parse_args()
     if args.users < 1 or args.processes < 1:
         parser.error("--users and --processes must be at least 1")
-    outcome = run(args.users, args.latency, args.mode, args.processes, args.spread, args.plugin_log)
+    env: dict[str, str] = {}
+    for item in args.plugin_env:
+        name, sep, value = item.partition("=")
+        if not sep or not name:
+            parser.error(f"--plugin-env wants NAME=VALUE, not {item!r}")
+        env[name] = value
+    outcome = run(
+        args.users,
+        args.latency,
+        args.mode,
+        args.processes,
+        args.spread,
+        args.plugin_log,
+        plugin_env=env,
+        relay_poll=args.relay_poll,
+        ping_interval=args.ping,
+    )
     print("\n".join(report(outcome, args, manifest_memory_limit())))
 
 

@@ -240,14 +240,20 @@ class Coordinator:
 
     def _wait(self, job: Job, until: float, runs_here: bool = False) -> Job:
         # Work in this request, or a worker followed from this process, hands its outcome
-        # over in-process; storage is polled (bounded rate) only for work elsewhere.
-        local = runs_here or self._tracker.signals.carried(job.key)
-        poll = (
-            max(timing.POLL_INTERVAL, until - self._clock())
-            if runs_here
-            else (4 * timing.POLL_INTERVAL if local else timing.POLL_INTERVAL)
+        # over in-process (no storage polls, see RetryTracker.wait_settled); storage is
+        # polled only for work elsewhere.
+        poll = timing.POLL_INTERVAL
+        if runs_here:
+            poll = max(poll, until - self._clock())
+        settled = self._tracker.wait_settled(
+            job, until=until, poll_interval=poll, carried_recheck=timing.CARRIED_RECHECK
         )
-        return self._tracker.wait_settled(job, until=until, poll_interval=poll)
+        if settled.is_lost(self._clock()):
+            # Given up for lost (storage says so). Under load a worker can outlive its
+            # lease; should it answer after all, the closed record makes it deliver the
+            # answer instead of dropping it (DESIGN §4.4, Worker._continue).
+            self._bookkeep(lambda: self._outbox.give_up(settled, self._route()))
+        return settled
 
     def _follow(
         self, job: Job, message: InboundMessage, arrived_at: float, runs_here: bool = False
@@ -395,7 +401,8 @@ class Coordinator:
         text = target.parts[head.sent]
         moved = self._outbox.advance(head, head.sent + 1, len(target.parts))
         if (not moved.closed or len(fetchable) > 1) and read_part(text).is_text:
-            text += MORE_HINT.format(keyword=self._settings.fetch_keyword)
+            # As text first: the hint (and the keyword in it) must not be read as markdown.
+            text = read_part(text).text + MORE_HINT.format(keyword=self._settings.fetch_keyword)
         self._journal.count("fetched")
         return reply(text)
 

@@ -23,6 +23,7 @@ never a wrong answer.
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, replace
@@ -31,7 +32,7 @@ from functools import partial
 from typing import Any
 
 from .concurrency import run_side_by_side
-from .retry_tracker import RetryTracker
+from .retry_tracker import Job, RetryTracker
 from .storage import EndpointStore, hashed
 
 logger = logging.getLogger(__name__)
@@ -58,6 +59,56 @@ MAX_SWEEP_PER_CALL = 8
 MAX_PENDING_ANSWERS = 5
 #: Attempts to add a job to a user's index when concurrent writers overwrite each other.
 _INDEX_ATTEMPTS = 3
+
+
+#: Writes of a ring shard per request: one, so that a reply waiting for it (a hand-off)
+#: never waits for a second; notes that arrive meanwhile go with the shard's next write.
+_RING_WRITES_PER_CALL = 1
+#: Bound on notes waiting in memory per ring shard (the oldest are dropped beyond it:
+#: their records then linger, as when concurrent writers overwrite each other).
+MAX_PENDING_NOTES = 2 * MAX_RING_ENTRIES
+
+
+class _PendingNotes:
+    """Sweep notes waiting for a write of their ring shard, per process (see
+    ``Outbox._track_all``). Lost with the process; the cost is records that linger."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._notes: dict[str, list[tuple[str, str, float]]] = {}
+        self._writing: set[str] = set()
+
+    def add(self, ring: str, notes: list[tuple[str, str, float]]) -> bool:
+        """Queue ``notes``; True when the caller is to write them (nobody else is)."""
+        with self._lock:
+            queued = self._notes.setdefault(ring, [])
+            queued.extend(notes)
+            del queued[:-MAX_PENDING_NOTES]
+            if ring in self._writing:
+                return False
+            self._writing.add(ring)
+            return True
+
+    def take(self, ring: str) -> list[tuple[str, str, float]]:
+        with self._lock:
+            return self._notes.pop(ring, [])
+
+    def put_back(self, ring: str, notes: list[tuple[str, str, float]]) -> None:
+        with self._lock:
+            queued = self._notes.setdefault(ring, [])
+            queued[:0] = notes
+            del queued[:-MAX_PENDING_NOTES]
+
+    def done(self, ring: str) -> None:
+        with self._lock:
+            self._writing.discard(ring)
+
+    def waiting(self, ring: str) -> int:
+        with self._lock:
+            return len(self._notes.get(ring, []))
+
+
+_PENDING_NOTES = _PendingNotes()
 
 
 class Route(StrEnum):
@@ -134,10 +185,33 @@ class Outbox:
         self._track_all([(kind, ident, expires_at)])
 
     def _track_all(self, notes: list[tuple[str, str, float]]) -> None:
-        """Note records of one shard (the first id's) with their expiry."""
-        now = self._clock()
+        """Note records of one shard (the first id's) with their expiry.
+
+        Group commit: while a request of this process is writing the shard, notes for it
+        wait in memory and go with the shard's next write, which takes every note waiting
+        by then (a burst of messages would otherwise rewrite each shard once per message).
+        Notes of a process that ends first are lost: their records linger, as when
+        concurrent writers overwrite each other (module docstring)."""
         ident = notes[0][1]
         shard = ident[:1] if ident[:1] in "0123456789abcdef" else "x"
+        ring = self._store.key(_RING_KIND, f"{_RING_IDENT}-{shard}")
+        if not _PENDING_NOTES.add(ring, notes):
+            return  # a write of this shard is under way in this process: it takes them
+        try:
+            for _ in range(_RING_WRITES_PER_CALL):
+                batch = _PENDING_NOTES.take(ring)
+                if not batch:
+                    break
+                try:
+                    self._write_ring(shard, batch)
+                except Exception:
+                    _PENDING_NOTES.put_back(ring, batch)
+                    raise
+        finally:
+            _PENDING_NOTES.done(ring)
+
+    def _write_ring(self, shard: str, notes: list[tuple[str, str, float]]) -> None:
+        now = self._clock()
         record = self._store.load(_RING_KIND, f"{_RING_IDENT}-{shard}") or {}
         live: list[list[Any]] = []
         expired: list[list[Any]] = []
@@ -148,12 +222,15 @@ class Outbox:
                 expired.append(entry)
             else:
                 live.append(entry)
+        index = {(str(e[0]), str(e[1])): e for e in live}
         for kind, noted, expires_at in notes:
-            existing = next((e for e in live if e[0] == kind and e[1] == noted), None)
+            existing = index.get((kind, noted))
             if existing is not None:
                 existing[2] = max(float(existing[2]), round(expires_at))
             else:
-                live.append([kind, noted, round(expires_at)])
+                entry = [kind, noted, round(expires_at)]
+                live.append(entry)
+                index[(kind, noted)] = entry
         while len(live) > MAX_RING_ENTRIES:
             expired.append(live.pop(0))
         # Save first: a request cut short must not leave entries it already dealt with.
@@ -177,8 +254,12 @@ class Outbox:
 
     # --- delivery records ----------------------------------------------------------------
 
-    def get(self, job_key: str, strict: bool = False) -> Delivery | None:
-        record = self._store.load(_DELIVERY_KIND, job_key, strict=strict)
+    def get(
+        self, job_key: str, strict: bool = False, expect_missing: bool = False
+    ) -> Delivery | None:
+        record = self._store.load(
+            _DELIVERY_KIND, job_key, strict=strict, expect_missing=expect_missing
+        )
         return Delivery.from_record(record) if record else None
 
     def save(self, delivery: Delivery) -> None:
@@ -188,12 +269,18 @@ class Outbox:
     def open(self, openid: str, job_key: str, route: Route, sent: int) -> Delivery:
         """Note that ``job_key``'s answer continues by ``route`` after ``sent`` parts.
         Opening again (a retried delivery) returns the record already there."""
-        existing = self.get(job_key, strict=True)
+        existing = self.get(job_key, strict=True, expect_missing=True)
         if existing is not None:
             return existing
-        user = hashed(openid)
-        delivery = Delivery(job_key, user, route, sent, self._clock())
-        self.save(delivery)
+        delivery = Delivery(job_key, hashed(openid), route, sent, self._clock())
+        self._note_open(delivery, save=True)
+        return delivery
+
+    def _note_open(self, delivery: Delivery, save: bool = False) -> None:
+        """Index an open delivery for its user and note it (and its job) for the sweep;
+        ``save`` writes the record itself alongside. An index entry whose record is not
+        (yet) there is skipped by readers, so the order does not matter."""
+        job_key, user = delivery.job, delivery.user
         expires = delivery.opened_at + self._retention
         # The job record holds the parts: it must live as long as the delivery. Job and
         # delivery share a ring shard (same id), so one update notes both.
@@ -201,12 +288,48 @@ class Outbox:
         shards: dict[str, list[tuple[str, str, float]]] = {}
         for note in notes:  # one update per ring shard, so they cannot overwrite each other
             shards.setdefault(note[1][:1], []).append(note)
-        # A hand-off replies right after this: the index (needed for the fetch keyword)
-        # and the sweep notes are written side by side.
+        # A hand-off replies right after this: the record, the index (needed for the fetch
+        # keyword) and the sweep notes are written side by side.
         tasks: list[Callable[[], None]] = [partial(self._add_to_index, user, job_key)]
+        if save:
+            tasks.append(partial(self.save, delivery))
         tasks += [partial(self._quietly, partial(self._track_all, g)) for g in shards.values()]
         run_side_by_side(tasks)
+
+    def give_up(self, job: Job, route: Route) -> Delivery:
+        """Note that ``job``'s answer was given up for lost before any of it went out: a
+        *closed* record with nothing sent, which no fetch or index lists. Should the work
+        finish after all — a worker that outlived its lease under load — it finds the
+        record and delivers the answer by ``route`` after all (:meth:`reopen`). A record
+        already there (a hand-off, an earlier give-up) stays as it is."""
+        existing = self.get(job.key, strict=True, expect_missing=True)
+        if existing is not None:
+            return existing
+        delivery = Delivery(job.key, job.user, route, 0, self._clock(), closed=True)
+        self.save(delivery)
+        expires = delivery.opened_at + self._retention
+        self._quietly(partial(self._track_all, [("j", job.key, expires), ("d", job.key, expires)]))
         return delivery
+
+    @staticmethod
+    def given_up(delivery: Delivery, parts: int) -> bool:
+        """Closed before all ``parts`` went out: only a delivery that took the answer for
+        lost closes a record so (:meth:`give_up`, or a fetch finding the job lost)."""
+        return delivery.closed and delivery.sent < parts
+
+    def reopen(self, delivery: Delivery, route: Route) -> Delivery:
+        """The answer of a given-up delivery came after all: the rest continues by
+        ``route``. The user was told it was lost, so an answer left to fetch is
+        *unannounced* (the next answer they get says one waits)."""
+        moved = replace(
+            delivery,
+            route=route,
+            closed=False,
+            unannounced=route is Route.FETCH,
+            opened_at=self._clock(),
+        )
+        self._note_open(moved, save=True)
+        return moved
 
     @staticmethod
     def _quietly(task: Callable[[], None]) -> None:

@@ -23,6 +23,9 @@ from typing import Any
 from .storage import EndpointStore, hashed
 
 _KIND = "job"
+#: While a key is carried (see LocalSignals), a waiter checks this often, in memory,
+#: whether the connection carrying it is still there, instead of polling storage.
+CARRIED_RECHECK = 1.0
 
 
 class JobState(StrEnum):
@@ -91,18 +94,29 @@ class _Slot:
 class LocalSignals:
     """Hands a settled job to deliveries waiting in the same process, without a storage
     round trip (threading.Event is a gevent primitive once the SDK has monkey-patched the
-    process). A waiter registers *before* the work starts, so no wake-up is missed."""
+    process). A waiter registers *before* the work starts, so no wake-up is missed.
+
+    A key is *carried* while a connection in this process follows the worker that owns it
+    (``worker_link``): its outcome will be handed over here, so waiters need not poll
+    storage. An outcome fired for a carried key is kept until the connection ends, so a
+    delivery that starts waiting after the hand-over (it read the job a moment before the
+    worker stored the outcome) still gets it at once."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._slots: dict[str, _Slot] = {}
         self._carried: dict[str, int] = {}
+        self._outcomes: dict[str, Job] = {}
 
     def watch(self, key: str) -> _Slot:
         with self._lock:
             slot = self._slots.get(key)
             if slot is None:
                 slot = self._slots[key] = _Slot()
+                outcome = self._outcomes.get(key)
+                if outcome is not None:
+                    slot.job = outcome
+                    slot.event.set()
             slot.watchers += 1
             return slot
 
@@ -117,6 +131,8 @@ class LocalSignals:
     def fire(self, job: Job) -> None:
         with self._lock:
             slot = self._slots.get(job.key)
+            if job.key in self._carried:
+                self._outcomes[job.key] = job
         if slot is not None:
             slot.job = job
             slot.event.set()
@@ -137,10 +153,16 @@ class LocalSignals:
                 self._carried[key] = left
             else:
                 self._carried.pop(key, None)
+                self._outcomes.pop(key, None)
 
     def carried(self, key: str) -> bool:
         with self._lock:
             return key in self._carried
+
+    def knows(self, key: str) -> bool:
+        """Whether this process is waiting for ``key`` or following its worker."""
+        with self._lock:
+            return key in self._carried or key in self._slots
 
 
 SIGNALS = LocalSignals()
@@ -161,10 +183,16 @@ class RetryTracker:
     def job_key(dedupe_key: str) -> str:
         return hashed(dedupe_key)
 
-    def get(self, key: str, strict: bool = False) -> Job | None:
+    def get(self, key: str, strict: bool = False, expect_missing: bool | None = None) -> Job | None:
         """The job, or None. ``strict``: a storage failure raises instead of reading as
-        "no job" (see EndpointStore.load)."""
-        record = self._store.load(_KIND, key, strict=strict)
+        "no job" (see EndpointStore.load). Unless told (``expect_missing``), a strict read
+        of a job this process knows nothing of is taken for a message's first delivery and
+        asks whether the record exists first (one call for a new message instead of two)."""
+        if expect_missing is None:
+            expect_missing = not self._signals.knows(key)
+        record = self._store.load(
+            _KIND, key, strict=strict, expect_missing=strict and expect_missing
+        )
         return Job.from_record(record) if record else None
 
     @property
@@ -183,7 +211,8 @@ class RetryTracker:
             user=user,
         )
         self._store.save(_KIND, key, job.to_record())
-        stored = self.get(key, strict=True)
+        record = self._store.load(_KIND, key, strict=True)  # just written: get first
+        stored = Job.from_record(record) if record else None
         if stored is None:
             raise RuntimeError("a job record just written cannot be read back")
         return stored, stored.owner == job.owner
@@ -248,25 +277,54 @@ class RetryTracker:
     def remove(self, key: str) -> None:
         self._store.remove(_KIND, key)
 
-    def wait_settled(self, job: Job, until: float, poll_interval: float) -> Job:
+    def wait_settled(
+        self,
+        job: Job,
+        until: float,
+        poll_interval: float,
+        carried_recheck: float = CARRIED_RECHECK,
+    ) -> Job:
         """Wait for ``job`` to settle, until the absolute time ``until`` (clock seconds).
 
-        Work running in this process hands its outcome over at once; work elsewhere is
-        seen by polling storage every ``poll_interval`` seconds. Stops early once the job
-        is lost.
+        Work running in this process hands its outcome over at once. So does work followed
+        by a connection of this process (a *carried* key, see LocalSignals): storage is not
+        polled for it, only every ``carried_recheck`` seconds is it checked (in memory)
+        that the connection is still there. Other work is seen by polling storage every
+        ``poll_interval`` seconds.
+
+        Stops early once the job is lost — but only as storage says so: a copy read before
+        its lease ran out is read again first (the worker may have renewed the lease or
+        taken the claim over meanwhile; under load a copy goes stale quickly).
         """
         slot = self._signals.watch(job.key)
         current = job
+        read_at = float("-inf")  # when ``current`` was read from storage (the caller's: unknown)
         try:
             while True:
                 if slot.job is not None:  # handed over, possibly while we were busy
                     current = slot.job
                 now = self._clock()
-                if current.is_settled() or current.is_lost(now) or now >= until:
+                if current.is_settled() or now >= until:
                     return current
-                slot.event.wait(timeout=max(0.0, min(poll_interval, until - now)))
+                if current.is_lost(now):
+                    if read_at > current.lease_until:
+                        return current  # read after the lease ran out: lost indeed
+                    read_at = now
+                    fresh = self.get(job.key)
+                    if fresh is None:  # swept: long gone
+                        return current
+                    current = fresh
+                    continue
+                carried = self._signals.carried(job.key)
+                interval = carried_recheck if carried else poll_interval
+                # Wake when the lease runs out too, to confirm it before the deadline.
+                wake = min(interval, until - now, current.lease_until - now + 0.001)
+                slot.event.wait(timeout=max(0.0, wake))
                 if slot.job is not None:
                     continue
+                if carried and self._signals.carried(job.key):
+                    continue  # still on its way over this process's connection
+                read_at = self._clock()
                 fresh = self.get(job.key)
                 if fresh is not None:
                     current = fresh

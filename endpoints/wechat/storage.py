@@ -45,12 +45,20 @@ class EndpointStore:
     def key(self, kind: str, ident: str) -> str:
         return f"{self._prefix}/{kind}/{ident}"
 
-    def load(self, kind: str, ident: str, strict: bool = False) -> dict[str, Any] | None:
+    def load(
+        self, kind: str, ident: str, strict: bool = False, expect_missing: bool = False
+    ) -> dict[str, Any] | None:
         """The record, or None when missing. ``get`` raises for a missing key *and* for a
         failure; ``strict`` asks ``exist`` after a failed ``get`` so a failure raises instead
         of passing for "missing" — where mistaking one for the other would start a second
-        app call."""
+        app call. ``expect_missing`` (with ``strict``) asks ``exist`` first: one storage
+        call instead of two when the record is usually not there, one more when it is."""
         key = self.key(kind, ident)
+        if strict and expect_missing:
+            if not self._backend.exist(key):  # raises when storage fails
+                return None
+            raw = self._backend.get(key)
+            return self._decode(kind, raw)
         try:
             raw = self._backend.get(key)
         except Exception:  # a missing key raises by design: not worth a warning
@@ -59,6 +67,10 @@ class EndpointStore:
             # It exists: either it was written just now (another request created it
             # between the two calls) or reading failed. One more read tells them apart.
             raw = self._backend.get(key)
+        return self._decode(kind, raw)
+
+    @staticmethod
+    def _decode(kind: str, raw: bytes) -> dict[str, Any] | None:
         if not raw:
             return None
         try:

@@ -84,7 +84,7 @@ def check_ticket(
     ticket = WorkTicket.from_bytes(body)
     if ticket is None:
         return WorkerRefusal(400, "malformed worker ticket")
-    job = ctx.tracker.get(ticket.job, strict=True)
+    job = ctx.tracker.get(ticket.job, strict=True, expect_missing=False)  # claimed just now
     if job is None or job.owner != ticket.owner or job.state is not JobState.RUNNING:
         return WorkerRefusal(409, "the job is not waiting for this worker")
     if job.worker:
@@ -100,12 +100,32 @@ class Worker:
         self._ctx = ctx
         self._ticket = ticket
         self._job = job
+        #: A lease of this job may have run out before its renewal was stored: a delivery
+        #: may then have given the answer up for lost (see ``_see_through``).
+        self._lapsed = False
+
+    def _store_lease(self, job: Job, previous_lease: float) -> None:
+        self._ctx.tracker.store(job)
+        if self._ctx.clock() > previous_lease - timing.CLOCK_MARGIN:
+            self._lapsed = True
 
     def run(self) -> Iterator[str]:
         """The response body: progress lines for the caller (see ``worker_link``)."""
         ctx, ticket = self._ctx, self._ticket
         job = replace(self._job, worker=True, lease_until=ctx.clock() + timing.LEASE)
-        ctx.tracker.store(job)
+        # The app call needs the user's conversation: look it up while the takeover is
+        # written (one storage round trip less before the app starts; under load each
+        # costs a turn of a crowded event loop). Should the lookup fail, the app call
+        # makes it again.
+        conversations = ctx.app.conversations
+        run_side_by_side(
+            [
+                lambda: self._store_lease(job, self._job.lease_until),
+                lambda: self._quietly(
+                    lambda: conversations.prefetch(ticket.openid), "looking up the conversation"
+                ),
+            ]
+        )
         yield "started\n"
 
         outcome: list[tuple[Job, AppAnswer | None]] = []
@@ -127,8 +147,8 @@ class Worker:
         while not done.wait(timeout=min(timing.HEARTBEAT, 1.0 * timing.TIME_SCALE + 0.05)):
             now = ctx.clock()
             if now >= next_beat:
-                job = replace(job, lease_until=now + timing.LEASE)
-                self._quietly(partial(ctx.tracker.store, job), "renewing the lease")
+                previous, job = job.lease_until, replace(job, lease_until=now + timing.LEASE)
+                self._quietly(partial(self._store_lease, job, previous), "renewing the lease")
                 next_beat = now + timing.HEARTBEAT
                 yield "\n"
             if not typing_done and typing_from <= now:
@@ -175,28 +195,52 @@ class Worker:
         return True
 
     def _see_through(self, settled: Job) -> None:
-        """Wait until no delivery can reply any more, then send what is still owed."""
+        """Wait until no delivery can reply any more, then send what is still owed.
+
+        A delivery record says what is owed: the last delivery handed off, the first of
+        several parts went out passively, or a delivery gave the answer up for lost. No
+        record when the window closes: the answer went out passively (or WeChat stopped
+        delivering). Records are usually missing, so each look is one ``exist``."""
         ctx = self._ctx
         closes_at = settled.created_at + timing.WINDOW_CLOSED_AFTER
-        # Single-part answers only matter if the last delivery handed off; a longer one
-        # may also need its rest pushed right after a passive first part.
+        # A longer answer may need its rest pushed right after a passive first part. A
+        # single part only matters once a record can exist: a hand-off comes at the last
+        # delivery's deadline at the earliest, a give-up only after a lease ran out.
         interval = timing.DELIVERY_POLL if len(settled.parts) > 1 else None
-        delivery = ctx.outbox.get(settled.key, strict=True)
+        handoff_from = (
+            settled.created_at
+            + timing.LAST_DELIVERY_AFTER
+            + timing.DELIVERY_DEADLINE
+            - timing.HANDOFF_RESERVE
+            - timing.CLOCK_MARGIN
+        )
+        delivery = None
+        if interval is not None or self._lapsed or ctx.clock() >= handoff_from:
+            delivery = ctx.outbox.get(settled.key, strict=True, expect_missing=True)
         while delivery is None:
             now = ctx.clock()
             if now >= closes_at:
                 return  # answered passively (or WeChat stopped delivering)
             ctx.sleep(min(interval or closes_at - now, closes_at - now))
-            delivery = ctx.outbox.get(settled.key, strict=True)
+            delivery = ctx.outbox.get(settled.key, strict=True, expect_missing=True)
         self._continue(delivery, settled)
 
     def _continue(self, delivery: Delivery, settled: Job) -> None:
+        ctx = self._ctx
+        if ctx.outbox.given_up(delivery, len(settled.parts)):
+            # Given up for lost while this worker was still at it (its lease ran out under
+            # load): the user never got it, so it goes out after all (DESIGN §4.4).
+            delivery = ctx.outbox.reopen(delivery, ctx.router.route())
+            logger.info(
+                "Message %s: answered after it was given up for lost; delivering it by %s",
+                self._ticket.ref,
+                delivery.route.value,
+            )
         if delivery.closed or delivery.route is not Route.PUSH:
             return  # fetch: the parts wait in the job record for the keyword
+        owed = delivery
         self._pusher(
-            lambda pusher: pusher.push(
-                delivery, settled.parts, self._ticket.openid, self._ticket.ref
-            )
+            lambda pusher: pusher.push(owed, settled.parts, self._ticket.openid, self._ticket.ref)
         )
 
     def _pusher(self, use: Callable[[Pusher], object]) -> None:

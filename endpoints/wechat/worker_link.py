@@ -225,13 +225,20 @@ class WorkerHealth:
 
 class HealthBook:
     """Whether the worker could be reached lately: per process (to skip it for a while
-    after a failure) and in storage (for the status page)."""
+    after a failure) and in storage (for the status page).
+
+    A failure shortly after the worker was reached does not pause it: the URL is proven,
+    so the failure says more about the moment (a burst of messages keeping the process or
+    the network busy, a call timing out) than about the set-up, and pausing would answer
+    every message of the next minute inside WeChat's window only — for a slow app, not at
+    all. That message falls back to answering inline; the next one tries the worker."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._failures: dict[str, WorkerHealth] = {}
         self._written_ok: set[str] = set()
         self._logged: set[tuple[str, str]] = set()
+        self._reached_at: dict[str, float] = {}
 
     def recently_failed(self, scope: str, now: float) -> WorkerHealth | None:
         with self._lock:
@@ -242,6 +249,18 @@ class HealthBook:
 
     def failed(self, scope: str, store: EndpointStore, health: WorkerHealth) -> None:
         with self._lock:
+            reached_at = self._reached_at.get(scope)
+            if reached_at is not None and health.at - reached_at < timing.WORKER_RETRY_AFTER:
+                first = (scope, "transient " + health.reason) not in self._logged
+                self._logged.add((scope, "transient " + health.reason))
+                if first:
+                    logger.info(
+                        "A worker call failed (%s) shortly after the worker was reached; "
+                        "that message is answered inside WeChat's window, the next one "
+                        "tries the worker again",
+                        health.reason,
+                    )
+                return
             self._failures[scope] = health
             self._written_ok.discard(scope)
             first = (scope, health.reason) not in self._logged
@@ -258,6 +277,7 @@ class HealthBook:
 
     def succeeded(self, scope: str, store: EndpointStore, now: float, target: str) -> None:
         with self._lock:
+            self._reached_at[scope] = max(now, self._reached_at.get(scope, now))
             self._failures.pop(scope, None)
             if scope in self._written_ok:
                 return

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import threading
 import time
+from dataclasses import replace
 
 import pytest
 
@@ -11,7 +13,7 @@ from endpoints.wechat import outbox as outbox_module
 from endpoints.wechat.outbox import Outbox, Route
 from endpoints.wechat.replay_guard import ReplayGuard
 from endpoints.wechat.retry_tracker import JobState, LocalSignals, RetryTracker
-from endpoints.wechat.storage import EndpointStore
+from endpoints.wechat.storage import EndpointStore, hashed
 from tests.fakes import FakeClock, MemoryStorage
 
 
@@ -304,3 +306,198 @@ def test_strict_load_still_raises_when_reading_fails() -> None:
     backend._late = None
     with pytest.raises(OSError):
         EndpointStore(backend, "ep").load("delivery", "job-1", strict=True)
+
+
+# --- waiting without polling, lost for sure, given up ----------------------------------------
+
+
+def test_a_carried_outcome_is_waited_for_without_polling_storage() -> None:
+    storage = MemoryStorage()
+    signals = LocalSignals()
+    tracker = RetryTracker(store(storage), signals=signals)
+    job, _ = tracker.claim("k", "u", time.time() + 5)
+    signals.carry("k")  # a connection of this process follows the worker
+    reads = len(storage.calls)
+    timer = threading.Timer(0.3, lambda: signals.fire(replace(job, state=JobState.DONE)))
+    timer.start()
+    settled = tracker.wait_settled(job, time.time() + 3, poll_interval=0.01, carried_recheck=0.05)
+    assert settled.state is JobState.DONE
+    assert len(storage.calls) == reads  # 30 polls' worth of time, no storage call
+
+
+def test_an_outcome_carried_in_before_the_wait_began_is_handed_over() -> None:
+    # The worker's "done" arrived while a delivery was reading the job (still running):
+    # the delivery must not wait until its deadline for a signal that has come and gone.
+    signals = LocalSignals()
+    tracker = RetryTracker(store(), signals=signals)
+    job, _ = tracker.claim("k", "u", time.time() + 5)
+    signals.carry("k")
+    signals.fire(replace(job, state=JobState.DONE, parts=["early"]))
+    started = time.monotonic()
+    settled = tracker.wait_settled(job, time.time() + 3, poll_interval=10, carried_recheck=10)
+    assert settled.parts == ["early"] and time.monotonic() - started < 0.5
+    signals.drop("k")  # the connection ended: nothing is kept any more
+    assert signals.watch("k").job is None
+
+
+def test_once_the_connection_is_gone_storage_is_polled() -> None:
+    storage = MemoryStorage()
+    signals = LocalSignals()
+    tracker = RetryTracker(store(storage), signals=signals)
+    elsewhere = RetryTracker(store(storage), signals=LocalSignals())
+    job, _ = tracker.claim("k", "u", time.time() + 5)
+    signals.carry("k")
+    threading.Timer(0.1, lambda: signals.drop("k")).start()  # broke without a "done"
+    threading.Timer(0.2, lambda: elsewhere.settle(job, JobState.DONE, ["stored"])).start()
+    settled = tracker.wait_settled(job, time.time() + 3, poll_interval=0.05, carried_recheck=0.05)
+    assert settled.parts == ["stored"]
+
+
+def test_a_lease_that_ran_out_on_a_stale_copy_is_checked_in_storage() -> None:
+    # Under load a waiter's copy goes stale: the worker renewed the lease (or took the
+    # claim over) since. Lost is only what storage says is lost.
+    storage = MemoryStorage()
+    tracker = RetryTracker(store(storage), signals=LocalSignals())
+    stale, _ = tracker.claim("k", "u", lease_until=time.time() - 1)
+    tracker.store(replace(stale, worker=True, lease_until=time.time() + 30))
+    threading.Timer(0.2, lambda: tracker.store(replace(stale, state=JobState.DONE))).start()
+    settled = tracker.wait_settled(stale, time.time() + 3, poll_interval=0.05)
+    assert settled.state is JobState.DONE
+    # …and a job storage still shows lost is lost, after one look.
+    lost, _ = tracker.claim("k2", "u", lease_until=time.time() - 1)
+    reads = len(storage.calls)
+    assert tracker.wait_settled(lost, time.time() + 3, poll_interval=0.05).is_lost(time.time())
+    assert len(storage.calls) == reads + 1
+
+
+def test_a_strict_read_of_an_unknown_job_asks_whether_it_exists_first() -> None:
+    storage = CountingStorage()
+    signals = LocalSignals()
+    tracker = RetryTracker(store(storage), signals=signals)
+    assert tracker.get("new", strict=True) is None
+    assert storage.ops == ["exist"]  # a first delivery: one call, not get + exist
+    tracker.claim("new", "u", time.time() + 5)
+    storage.ops.clear()
+    signals.carry("new")  # this process follows its worker: it is there, read it
+    assert tracker.get("new", strict=True) is not None
+    assert storage.ops == ["get"]
+    broken = RetryTracker(store(FailingExist()), signals=LocalSignals())
+    with pytest.raises(RuntimeError):  # a failure is never "no job"
+        broken.get("other", strict=True)
+
+
+class CountingStorage(MemoryStorage):
+    def __init__(self) -> None:
+        super().__init__()
+        self.ops: list[str] = []
+
+    def get(self, key: str) -> bytes:
+        self.ops.append("get")
+        return super().get(key)
+
+    def set(self, key: str, val: bytes) -> None:
+        self.ops.append("set")
+        super().set(key, val)
+
+    def exist(self, key: str) -> bool:
+        self.ops.append("exist")
+        return super().exist(key)
+
+
+class FailingExist(MemoryStorage):
+    def exist(self, key: str) -> bool:
+        raise RuntimeError("storage unavailable")
+
+
+def test_giving_up_leaves_a_closed_record_nobody_lists() -> None:
+    clock = FakeClock()
+    s = store()
+    tracker = RetryTracker(s, clock)
+    outbox = Outbox(s, tracker, clock)
+    job, _ = tracker.claim(KEY_A, hashed("user"), lease_until=clock() - 1)
+    given = outbox.give_up(job, Route.PUSH)
+    assert given.closed and given.sent == 0 and outbox.get(KEY_A) == given
+    assert Outbox.given_up(given, parts=1)
+    assert not Outbox(s, tracker, clock).has_pending("user")  # the keyword means nothing
+    handed = outbox.open("user", KEY_B, Route.FETCH, sent=0)
+    assert outbox.give_up(replace(job, key=KEY_B), Route.PUSH) == handed  # left as it was
+    assert not Outbox.given_up(outbox.advance(handed, 2, total=2), parts=2)  # all went out
+
+
+@pytest.mark.parametrize("route", [Route.PUSH, Route.FETCH])
+def test_a_reopened_answer_continues_by_its_route(route: Route) -> None:
+    clock = FakeClock()
+    s = store()
+    tracker = RetryTracker(s, clock)
+    outbox = Outbox(s, tracker, clock)
+    job, _ = tracker.claim(KEY_A, hashed("user"), lease_until=clock() - 1)
+    clock.advance(30)
+    reopened = outbox.reopen(outbox.give_up(job, Route.PUSH), route)
+    assert not reopened.closed and reopened.route is route and reopened.sent == 0
+    assert reopened.unannounced is (route is Route.FETCH)  # told "lost": say it waits
+    assert reopened.opened_at == clock()
+    assert [d.job for d in Outbox(s, tracker, clock).pending("user")] == [KEY_A]
+
+
+KEY_A = hashed("message a")
+KEY_B = hashed("message b")
+
+
+def test_sweep_notes_of_a_busy_shard_go_out_with_its_current_write(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(outbox_module, "_PENDING_NOTES", outbox_module._PendingNotes())
+    storage = SlowSaves()
+    s = store(storage)
+    tracker = RetryTracker(s)
+    outbox = Outbox(s, tracker)
+    ring = s.key("sweep", "ring-a")
+    writer = threading.Thread(target=outbox.track_job, args=("a-first",))
+    writer.start()
+    assert storage.saving.wait(2)  # the first request is writing shard "a"
+    outbox.track_job("a-second")  # returns at once: its note waits for the next write
+    outbox.track_job("a-third")
+    assert storage.sets == 1
+    storage.release.set()
+    writer.join(2)
+    entries = json.loads(storage.data[ring])["entries"]
+    assert [e[1] for e in entries] == ["a-first"]  # a write never waits for a second one
+    assert outbox_module._PENDING_NOTES.waiting(ring) == 2
+    outbox.track_job("a-fourth")  # the shard's next write takes everything waiting
+    entries = json.loads(storage.data[ring])["entries"]
+    assert [e[1] for e in entries] == ["a-first", "a-second", "a-third", "a-fourth"]
+    assert storage.sets == 2 and outbox_module._PENDING_NOTES.waiting(ring) == 0
+
+
+def test_sweep_notes_of_a_failed_write_wait_for_the_next_one(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(outbox_module, "_PENDING_NOTES", outbox_module._PendingNotes())
+    storage = MemoryStorage()
+    s = store(storage)
+    outbox = Outbox(s, RetryTracker(s))
+    original = storage.set
+    storage.set = lambda key, val: (_ for _ in ()).throw(RuntimeError("session ended"))  # type: ignore[method-assign]
+    with pytest.raises(RuntimeError):
+        outbox.track_job("b-lost-write")
+    storage.set = original  # type: ignore[method-assign]
+    outbox.track_job("b-next")
+    entries = json.loads(storage.data[s.key("sweep", "ring-b")])["entries"]
+    assert {e[1] for e in entries} == {"b-lost-write", "b-next"}
+
+
+class SlowSaves(MemoryStorage):
+    """The first ``set`` waits until released (a write under way in another request)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.saving = threading.Event()
+        self.release = threading.Event()
+        self.sets = 0
+
+    def set(self, key: str, val: bytes) -> None:
+        self.sets += 1
+        if self.sets == 1:
+            self.saving.set()
+            self.release.wait(2)
+        super().set(key, val)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import threading
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import replace
 from typing import Any
@@ -15,6 +16,7 @@ from endpoints.wechat import delivery, timing
 from endpoints.wechat.conversations import ConversationStore
 from endpoints.wechat.delivery import Router
 from endpoints.wechat.dify_app import DifyApp
+from endpoints.wechat.intake import Runtime, handle_post
 from endpoints.wechat.outbox import Outbox, Route
 from endpoints.wechat.parts import PartKind
 from endpoints.wechat.retry_tracker import Job, JobState, LocalSignals, RetryTracker
@@ -31,7 +33,9 @@ from endpoints.wechat.worker_link import (
     sign,
     worker_key,
 )
+from tests import samples
 from tests.fakes import FakeClock, MemoryStorage, ScriptedCaller, chat_chunks
+from tests.signing import WeChatSigner
 
 TOKEN = "token123"
 APP_ID = "wx1234567890abcdef"
@@ -340,8 +344,19 @@ def test_a_failing_app_settles_failed_with_the_friendly_text() -> None:
     assert h.conversations.get(OPENID) is None
 
 
+def slow_app(clock: FakeClock, seconds: float) -> ScriptedCaller:
+    """An echo app that answers ``seconds`` after it was asked (on the fake clock)."""
+
+    def respond(call: dict[str, Any]) -> list[dict[str, Any]]:
+        clock.advance(seconds)
+        return chat_chunks(f"echo: {call['query']}")
+
+    return ScriptedCaller(respond)
+
+
 def test_a_handed_off_answer_is_pushed() -> None:
     h = Harness()
+    h.app._caller = slow_app(h.clock, 14.6)  # answers after the last delivery's deadline
     ticket, job = h.claim()
     h.outbox.open(OPENID, KEY, Route.PUSH, sent=0)  # the last delivery handed off
     h.run(ticket, job)
@@ -459,7 +474,8 @@ def test_heartbeat_renews_the_lease() -> None:
         assert seen and all(line == "\n" for line in seen)  # keep-alives only
         renewed = h.tracker.get(KEY)
         assert renewed is not None and renewed.state is JobState.RUNNING and renewed.worker
-        assert renewed.lease_until == h.clock.now + timing.LEASE  # renewed at the last beat
+        # renewed at the last beat (the clock moves half a second on every reading)
+        assert h.clock.now - 0.5 <= renewed.lease_until - timing.LEASE <= h.clock.now
     finally:
         rest = finish(h, lines, app)
     assert rest[-1] == "end\n" and done_job(rest).parts == ["finally"]
@@ -508,3 +524,100 @@ def test_a_storage_failure_while_delivering_still_ends_the_stream() -> None:
     lines = h.run(ticket, job)
     assert lines[-1] == "end\n"
     assert done_job(lines).state is JobState.DONE
+
+
+# --- an answer given up for lost (DESIGN §4.4: every answer arrives, once) --------------------
+
+
+def test_an_answer_given_up_while_the_worker_was_late_is_pushed_after_all() -> None:
+    # Under load the worker took the claim over only after its lease had run out, and a
+    # delivery meanwhile told the user the answer was lost (a closed, empty record).
+    h = Harness()
+    ticket, job = h.claim()
+    h.clock.advance(8.5)  # the takeover comes after the claim's 8 s
+    h.outbox.give_up(job, Route.PUSH)
+    h.run(ticket, job)
+    assert h.pushed == ["echo: q"]  # once
+    final = h.outbox.get(KEY)
+    assert final is not None and final.closed and final.sent == 1
+    assert h.sleeps == []  # the worker knew its lease had lapsed: it looked at once
+
+
+def test_an_answer_given_up_for_lost_is_found_when_the_window_closes() -> None:
+    # The worker could not know (clocks differ): it finds the record at its one look.
+    h = Harness()
+    ticket, job = h.claim()
+    h.on_sleep = [lambda: h.outbox.give_up(job, Route.PUSH)]
+    h.run(ticket, job)
+    assert h.sleeps == [16.0]
+    assert h.pushed == ["echo: q"]
+
+
+def test_an_answer_given_up_for_lost_waits_for_the_keyword_where_it_cannot_be_pushed() -> None:
+    h = Harness(delivery_mode="fetch")
+    ticket, job = h.claim()
+    h.clock.advance(8.5)
+    h.outbox.give_up(job, Route.FETCH)
+    settled = done_job(h.run(ticket, job))
+    assert h.senders == []
+    [waiting] = h.outbox.pending(OPENID)
+    assert waiting.job == KEY and waiting.route is Route.FETCH and waiting.sent == 0
+    assert waiting.unannounced  # the user was told it was lost: the next answer says it waits
+    assert h.tracker.get(KEY) == settled  # the parts wait in the job record
+
+
+def test_a_finished_delivery_is_not_taken_for_a_given_up_one() -> None:
+    h = Harness()
+    ticket, job = h.claim()
+    delivered = h.outbox.open(OPENID, KEY, Route.PUSH, sent=0)
+    h.outbox.advance(delivered, 1, total=1)  # closed with everything sent
+    h.run(ticket, job)
+    assert h.senders == []
+
+
+def test_the_worker_looks_for_a_delivery_record_once_for_a_passive_answer() -> None:
+    h = Harness()
+    ops: list[str] = []
+    exist, get = h.storage.exist, h.storage.get
+
+    def counted_exist(key: str) -> bool:
+        ops.append("exist " + key.split("/")[2])
+        return exist(key)
+
+    def counted_get(key: str) -> bytes:
+        ops.append("get " + key.split("/")[2])
+        return get(key)
+
+    h.storage.exist = counted_exist  # type: ignore[method-assign]
+    h.storage.get = counted_get  # type: ignore[method-assign]
+    ticket, job = h.claim()
+    ops.clear()
+    h.run(ticket, job)
+    assert [op for op in ops if op.endswith("delivery")] == ["exist delivery"]
+
+
+def test_a_delivery_that_gives_an_inline_answer_up_records_it() -> None:
+    """The coordinator's side: the delivery that finds the job lost (and tells the user)
+    leaves the closed record a late worker would deliver the answer by."""
+    settings = load_settings(
+        {"app": {"app_id": "app-1", "inputs": {}}, "wechat_token": TOKEN, "app_id": APP_ID}
+    )
+    storage = MemoryStorage()
+    signer = WeChatSigner(TOKEN, APP_ID, "abcdefghijklmnopqrstuvwxyz0123456789ABCDEFG")
+    runtime = Runtime(storage, ENDPOINT, ScriptedCaller(delay=0.5), use_worker=False)
+    xml = samples.text("slow", msg_id=4242)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(timing, "DELIVERY_DEADLINE", 0.2)
+        mp.setattr(timing, "STORE_GUARD", 0.3)
+        mp.setattr(timing, "POLL_INTERVAL", 0.05)
+        first = handle_post(signer.post(xml), settings, runtime)
+        assert first.hold_until is not None  # not ready: WeChat delivers again
+        time.sleep(0.35)  # the inline work's lease (STORE_GUARD) has run out
+        second = handle_post(signer.post(xml), settings, runtime)
+    reply = signer.read_reply(second.body, encrypted=False)["Content"]
+    assert reply == settings.timeout_message
+    store = EndpointStore(storage, ENDPOINT)
+    outbox = Outbox(store, RetryTracker(store))
+    key = RetryTracker.job_key("m:4242")
+    given = outbox.get(key)
+    assert given is not None and Outbox.given_up(given, parts=1)

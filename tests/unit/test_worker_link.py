@@ -577,10 +577,35 @@ def test_reaching_the_worker_ends_the_pause_and_is_stored_once(health: HealthBoo
     subject.reached()
     subject.reached()
     assert len(storage.writes) == writes  # success is written once, not per message
+    clock.advance(timing.WORKER_RETRY_AFTER + 1)  # long after: a failure pauses again
     subject.failed("ConnectionError")
     subject.reached()
     assert len(storage.writes) == writes + 2
     assert all(HOOK_ID not in v.decode() for v in storage.data.values())
+
+
+def test_a_failure_soon_after_the_worker_was_reached_does_not_pause_it(
+    health: HealthBook, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Under a burst a worker call can time out although the worker is fine; pausing it
+    # would leave every message of the next minute to be answered inline.
+    storage = MemoryStorage()
+    clock = FakeClock()
+    subject = launcher(f"{HOOK_URL}/worker", storage, clock)
+    subject.reached()
+    writes = len(storage.writes)
+    clock.advance(timing.WORKER_RETRY_AFTER - 1)
+    with caplog.at_level(logging.INFO, logger=worker_link.__name__):
+        subject.failed("ConnectTimeout")
+        subject.failed("ConnectTimeout")
+    assert subject.available()
+    assert len(storage.writes) == writes  # the status page still says it was reached
+    infos = [r for r in caplog.records if r.levelno == logging.INFO]
+    assert len(infos) == 1 and "ConnectTimeout" in infos[0].getMessage()
+    assert not any(r.levelno >= logging.WARNING for r in caplog.records)
+    clock.advance(2)  # a minute without reaching it: a failure pauses it again
+    subject.failed("ConnectTimeout")
+    assert not subject.available()
 
 
 def test_failures_are_logged_once_per_reason(
@@ -593,6 +618,7 @@ def test_failures_are_logged_once_per_reason(
         subject.failed("HTTP 404")
         subject.failed("HTTP 404")
         subject.reached()
+        clock.advance(timing.WORKER_RETRY_AFTER + 1)
         subject.failed("HTTP 404")
         subject.failed("ConnectionError")
         launcher(f"{HOOK_URL}/worker", storage, clock, scope="ep-2").failed("HTTP 404")
