@@ -29,11 +29,10 @@ every 10 s (the emulator's docstring), and with 200 streams open the extra 190 p
 second are work for both sides that a real deployment does not have. This bench uses
 ``--ping`` (10 s) instead.
 
-The emulator asks whether a client hung up with ``select()``, which cannot watch a file
-descriptor above 1023 and then reports every such client as gone: with 200 users the bench
-process holds well over a thousand sockets, and requests (WeChat's deliveries, worker
-calls) were cut at random ~0.1 s after they arrived. This bench swaps in the same check
-made with ``poll()`` (:func:`client_gone`).
+The emulator asks whether a client hung up with ``poll()``: it used ``select()``, which
+cannot watch a file descriptor above 1023 and then reported every such client as gone (with
+200 users the bench process holds well over a thousand sockets, and requests were cut at
+random ~0.1 s after they arrived).
 
 Memory is read from ``/proc/<pid>/status`` of each plugin process (and any child it
 starts): ``VmHWM`` (the kernel's peak resident set) at the end, ``VmRSS`` sampled during the
@@ -52,8 +51,6 @@ import os
 import re
 import resource
 import secrets
-import select
-import socket
 import threading
 import time
 from collections import Counter
@@ -88,19 +85,6 @@ PING_INTERVAL = 10.0
 default is 1 s)."""
 SHOW_ANOMALIES = 30
 """Lines of per-message timelines printed when messages went wrong."""
-
-
-def client_gone(sock: socket.socket) -> bool:
-    """The emulator's hang-up check (``daemon.client_gone``) with ``poll()``, which has no
-    limit on descriptor numbers (see the module docstring)."""
-    try:
-        poller = select.poll()
-        poller.register(sock, select.POLLIN | select.POLLPRI)
-        if not poller.poll(0):
-            return False
-        return sock.recv(1, socket.MSG_PEEK) == b""
-    except (OSError, ValueError):
-        return True
 
 
 def manifest_memory_limit(path: Path = REPO_ROOT / "manifest.yaml") -> int | None:
@@ -326,7 +310,6 @@ def run(
     odd: list[str] = []
     load_before = os.getloadavg()[0]
     emulator_daemon.POLL_INTERVAL = relay_poll  # read by each relay loop; see the docstring
-    emulator_daemon.client_gone = client_gone  # select() fails above fd 1023; see the docstring
     with FakeWeChatAPI() as api:
         settings = make_settings(mode, api)
         emulator = DaemonEmulator(

@@ -84,7 +84,7 @@ credentials is not initialized.".
 from the arrival of the front request until the front response is finished, the front client
 disconnects, or the execution timeout hits (``endpoint.go``: ``defer session.Close``, returns
 on ``CloseNotify``). Disconnects are detected while waiting by polling the client socket every
-20 ms (``select`` + ``recv(1, MSG_PEEK) == b""``). When a session ends the emulator closes the
+20 ms (``poll`` + ``recv(1, MSG_PEEK) == b""``). When a session ends the emulator closes the
 plugin ``/invoke`` connection and cuts every backwards stream of the session still running
 (``cut_mode="abort"``: the chunked response is dropped mid-body, so the SDK's httpx raises;
 ``"end"``: a clean early ``end``, so the plugin sees a truncated stream). A backwards call for a
@@ -401,10 +401,14 @@ def build_raw_request(
 
 
 def client_gone(sock: socket.socket) -> bool:
-    """True when the peer closed the connection (readable and ``recv`` peeks ``b""``)."""
+    """True when the peer closed the connection (readable and ``recv`` peeks ``b""``).
+
+    ``poll()``, not ``select()``: select cannot watch a descriptor above 1023 and would call
+    every such client gone (a bench with hundreds of users holds over a thousand sockets)."""
     try:
-        readable, _, _ = select.select([sock], [], [], 0)
-        if not readable:
+        poller = select.poll()
+        poller.register(sock, select.POLLIN | select.POLLPRI)
+        if not poller.poll(0):
             return False
         return sock.recv(1, socket.MSG_PEEK) == b""
     except (OSError, ValueError):
