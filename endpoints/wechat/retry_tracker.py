@@ -26,6 +26,8 @@ _KIND = "job"
 #: While a key is carried (see LocalSignals), a waiter checks this often, in memory,
 #: whether the connection carrying it is still there, instead of polling storage.
 CARRIED_RECHECK = 1.0
+#: ... and reads storage every this many rechecks all the same (see wait_settled).
+CARRIED_POLLS = 3
 
 
 class JobState(StrEnum):
@@ -287,10 +289,12 @@ class RetryTracker:
         """Wait for ``job`` to settle, until the absolute time ``until`` (clock seconds).
 
         Work running in this process hands its outcome over at once. So does work followed
-        by a connection of this process (a *carried* key, see LocalSignals): storage is not
-        polled for it, only every ``carried_recheck`` seconds is it checked (in memory)
-        that the connection is still there. Other work is seen by polling storage every
-        ``poll_interval`` seconds.
+        by a connection of this process (a *carried* key, see LocalSignals): while it is,
+        storage is read only every ``CARRIED_POLLS`` × ``carried_recheck`` seconds (the
+        connection could stall behind a buffering proxy with the outcome already stored),
+        and once more before giving up at ``until``; in between it is checked, in memory,
+        every ``carried_recheck`` seconds that the connection is still there. Other work is
+        seen by polling storage every ``poll_interval`` seconds.
 
         Stops early once the job is lost — but only as storage says so: a copy read before
         its lease ran out is read again first (the worker may have renewed the lease or
@@ -304,13 +308,24 @@ class RetryTracker:
                 if slot.job is not None:  # handed over, possibly while we were busy
                     current = slot.job
                 now = self._clock()
-                if current.is_settled() or now >= until:
+                if current.is_settled():
+                    return current
+                if now >= until:
+                    if self._signals.carried(job.key) and now - read_at > poll_interval:
+                        # The last look before a retry or a hand-off: the outcome may be
+                        # stored while the connection carrying it stalled.
+                        fresh = self.get(job.key)
+                        current = fresh if fresh is not None else current
                     return current
                 if current.is_lost(now):
                     if read_at > current.lease_until:
                         return current  # read after the lease ran out: lost indeed
+                    try:
+                        fresh = self.get(job.key, strict=True)
+                    except Exception:  # cannot confirm: wait on rather than give up
+                        slot.event.wait(timeout=max(0.0, min(poll_interval, until - now)))
+                        continue
                     read_at = now
-                    fresh = self.get(job.key)
                     if fresh is None:  # swept: long gone
                         return current
                     current = fresh
@@ -322,7 +337,11 @@ class RetryTracker:
                 slot.event.wait(timeout=max(0.0, wake))
                 if slot.job is not None:
                     continue
-                if carried and self._signals.carried(job.key):
+                if (
+                    carried
+                    and self._signals.carried(job.key)
+                    and self._clock() - read_at < CARRIED_POLLS * carried_recheck
+                ):
                     continue  # still on its way over this process's connection
                 read_at = self._clock()
                 fresh = self.get(job.key)

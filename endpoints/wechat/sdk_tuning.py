@@ -297,10 +297,19 @@ class _InlineLiteralsResolver:
 
 
 def tune_sdk() -> dict[str, bool]:
-    """Apply every tuning above; which ones took effect (for a start-up log line)."""
-    return {
-        "shared TLS context": share_default_tls_context(),
-        "reused backwards clients": reuse_backwards_clients(),
-        "cached type adapters": cache_backwards_type_adapter(),
-        "inline IP literals": resolve_ip_literals_inline(),
+    """Apply every tuning above; which ones took effect (for a start-up log line). A
+    tuning that fails in an unforeseen way (e.g. gevent configured with a resolver whose
+    module is missing) is skipped: the plugin must start untuned rather than not at all."""
+    tunings: dict[str, Callable[[], bool]] = {
+        "shared TLS context": share_default_tls_context,
+        "reused backwards clients": reuse_backwards_clients,
+        "cached type adapters": cache_backwards_type_adapter,
+        "inline IP literals": resolve_ip_literals_inline,
     }
+    applied: dict[str, bool] = {}
+    for name, tune in tunings.items():
+        try:
+            applied[name] = tune()
+        except Exception:
+            applied[name] = False
+    return applied

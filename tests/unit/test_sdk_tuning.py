@@ -179,3 +179,23 @@ def test_the_sdk_runs_its_backwards_calls_through_the_tuning() -> None:
     assert 1 <= report["idle_clients"] <= 20  # reused: at most one per concurrent call
     assert report["adapters"] == 1  # one TypeAdapter(dict[str, Any]) for every line
     assert report["resolver"] == "_Resolver"
+
+
+def test_a_tuning_that_fails_unexpectedly_is_skipped(monkeypatch: pytest.MonkeyPatch) -> None:
+    def broken() -> bool:
+        raise ModuleNotFoundError("dns")  # e.g. GEVENT_RESOLVER=dnspython without dnspython
+
+    # Stand-ins: the real tunings patch this process's SDK (tested in a child process).
+    for name in ("share_default_tls_context", "reuse_backwards_clients"):
+        monkeypatch.setattr(sdk_tuning, name, lambda: True)
+    monkeypatch.setattr(sdk_tuning, "cache_backwards_type_adapter", lambda: True)
+    monkeypatch.setattr(sdk_tuning, "resolve_ip_literals_inline", broken)
+    applied = sdk_tuning.tune_sdk()
+    assert applied["inline IP literals"] is False
+    assert applied["cached type adapters"] is True
+    assert set(applied) == {
+        "shared TLS context",
+        "reused backwards clients",
+        "cached type adapters",
+        "inline IP literals",
+    }
