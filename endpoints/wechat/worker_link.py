@@ -250,7 +250,10 @@ class HealthBook:
     def failed(self, scope: str, store: EndpointStore, health: WorkerHealth) -> None:
         with self._lock:
             reached_at = self._reached_at.get(scope)
-            if reached_at is not None and health.at - reached_at < timing.WORKER_RETRY_AFTER:
+            # A refusal (HTTP 4xx: endpoint disabled, settings changed) is never transient.
+            refused = health.reason.startswith("HTTP 4")
+            recent = reached_at is not None and health.at - reached_at < timing.WORKER_RETRY_AFTER
+            if recent and not refused:
                 first = (scope, "transient " + health.reason) not in self._logged
                 self._logged.add((scope, "transient " + health.reason))
                 if first:

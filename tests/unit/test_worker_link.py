@@ -608,6 +608,16 @@ def test_a_failure_soon_after_the_worker_was_reached_does_not_pause_it(
     assert not subject.available()
 
 
+def test_a_refusal_pauses_the_worker_even_right_after_it_was_reached(
+    health: HealthBook,
+) -> None:
+    # 403/404 (endpoint disabled, key changed) will not go away by trying again.
+    subject = launcher(f"{HOOK_URL}/worker", MemoryStorage(), FakeClock())
+    subject.reached()
+    subject.failed("HTTP 404")
+    assert not subject.available()
+
+
 def test_failures_are_logged_once_per_reason(
     health: HealthBook, caplog: pytest.LogCaptureFixture
 ) -> None:
