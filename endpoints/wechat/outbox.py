@@ -231,8 +231,13 @@ class Outbox:
                 entry = [kind, noted, round(expires_at)]
                 live.append(entry)
                 index[(kind, noted)] = entry
-        while len(live) > MAX_RING_ENTRIES:
-            expired.append(live.pop(0))
+        if len(live) > MAX_RING_ENTRIES:
+            # Over the bound: give up what expires soonest (a job record kept for minutes
+            # before an answer still waiting for the keyword for hours); ties by arrival.
+            live.sort(key=lambda entry: float(entry[2]))
+            excess = len(live) - MAX_RING_ENTRIES
+            expired.extend(live[:excess])
+            live = live[excess:]
         # Save first: a request cut short must not leave entries it already dealt with.
         self._store.save(_RING_KIND, f"{_RING_IDENT}-{shard}", {"v": 1, "entries": live})
         for entry in expired:

@@ -241,6 +241,26 @@ def test_sweep_ring_is_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
     assert all(tracker.get(k) is not None for k in ("a2", "a3", "a4"))
 
 
+def test_an_over_full_ring_gives_up_what_expires_soonest(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # A waiting answer (kept for the retention, 24 h) noted before a burst of job records
+    # (kept for minutes) in the same shard ("b…") outlives them when the ring overflows.
+    monkeypatch.setattr(outbox_module, "MAX_RING_ENTRIES", 4)  # the answer notes 2
+    storage = MemoryStorage()
+    s = store(storage)
+    tracker = RetryTracker(s)
+    outbox = Outbox(s, tracker)
+    waiting = outbox.open("user", "bz-answer", Route.FETCH, sent=1)
+    for key in ("b1", "b2", "b3", "b4"):
+        tracker.record_instant(key, "u", ["x"])
+        outbox.track_job(key)
+    assert outbox.get(waiting.job) is not None
+    assert outbox.pending("user")
+    assert tracker.get("b1") is None and tracker.get("b2") is None
+    assert tracker.get("b3") is not None and tracker.get("b4") is not None
+
+
 def test_forget_user() -> None:
     storage = MemoryStorage()
     s = store(storage)
